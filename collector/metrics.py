@@ -1,0 +1,185 @@
+"""Metric families from records (no I/O). The exposition library writes and escapes every label value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collector import __version__
+from collector.model import Device, FailedGpu, ProcessRecord
+
+MIB = 1024 * 1024
+
+# Seed label sets (DESIGN.md §4): unchanged, so the seed's PromQL and panels work.
+SEED_INFO_LABELS = ["gpu", "pid", "command", "pod", "namespace", "container", "status", "gpu_memory"]
+SEED_UTIL_LABELS = ["gpu", "pid", "command", "pod", "namespace"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one successful run exposes."""
+
+    driver_version: str
+    devices: Sequence[Device]
+    failed_gpus: Sequence[FailedGpu]
+    records: Sequence[ProcessRecord]
+    dropped: Mapping[str, int]
+    timestamp: float
+    duration: float
+    # Native metrics name the Kubernetes labels with this prefix ("k8s_" -> k8s_pod), for scrapes that would
+    # otherwise rename pod to exported_pod. The seed metrics always keep the seed names.
+    label_prefix: str = ""
+    extra: Sequence[Metric] = field(default_factory=tuple)
+
+
+def status(record: ProcessRecord) -> str:
+    """active: SM activity in the interval; idle: holds memory, no activity; unknown: NVML cannot tell (MIG)."""
+    if record.gpu.active is None:
+        return "unknown"
+    return "active" if record.gpu.active else "idle"
+
+
+def gpu_memory_label(used: Optional[int]) -> str:
+    return "N/A" if used is None else f"{used // MIB}MiB"
+
+
+def memory_percent(used: Optional[int], total: Optional[int]) -> Optional[float]:
+    if used is None or not total:
+        return None
+    return round(100.0 * used / total, 4)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """Text exposition of the families, from a registry made for this run only."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+def self_metrics(up: bool, last_success: Optional[float], duration: float, driver_version: str) -> list[Metric]:
+    up_family = GaugeMetricFamily("gpu_proc_collector_up", "1 if the last collection succeeded, 0 if it failed.")
+    up_family.add_metric([], 1.0 if up else 0.0)
+    families: list[Metric] = [up_family]
+    if last_success is not None:
+        families.append(GaugeMetricFamily(
+            "gpu_proc_collector_last_success_timestamp_seconds",
+            "Unix time at which the last successful collection ended.", value=last_success))
+    families.append(GaugeMetricFamily(
+        "gpu_proc_collector_duration_seconds", "Seconds the last collection took.", value=round(duration, 6)))
+    build = GaugeMetricFamily("gpu_proc_collector_build_info", "Collector version and NVIDIA driver version.",
+                              labels=["version", "driver_version"])
+    build.add_metric([__version__, driver_version], 1.0)
+    families.append(build)
+    return families
+
+
+def render_failure(last_success: Optional[float], duration: float, driver_version: str = "") -> bytes:
+    """The file of a failed collection: no process series, so nothing stale looks alive."""
+    return exposition(self_metrics(False, last_success, duration, driver_version))
+
+
+def render(report: Report) -> bytes:
+    return exposition(_report_families(report))
+
+
+def _report_families(report: Report) -> Iterator[Metric]:
+    k8s = [report.label_prefix + name for name in ("pod", "namespace", "container")]
+    count = GaugeMetricFamily("gpu_process_count", "Processes on the GPU or MIG instance.", labels=["gpu"])
+    total = GaugeMetricFamily("gpu_total_processes", "Processes on all monitored GPUs and MIG instances.")
+    info = GaugeMetricFamily("gpu_process_info", "A process using a GPU or MIG instance (value 1).",
+                             labels=SEED_INFO_LABELS)
+    util = GaugeMetricFamily(
+        "gpu_process_utilization",
+        "Percent of the interval since the previous run the process kept the GPU's SMs busy (absent on MIG).",
+        labels=SEED_UTIL_LABELS)
+    mem_util = GaugeMetricFamily(
+        "gpu_process_memory_utilization",
+        "GPU memory held by the process, as percent of its GPU's or MIG instance's total.", labels=SEED_UTIL_LABELS)
+    mem_bytes = GaugeMetricFamily(
+        "gpu_process_memory_bytes", "GPU memory held by the process.",
+        labels=["gpu", "gpu_uuid", "pid", "command", *k8s, "owner_kind", "owner"])
+    idle = GaugeMetricFamily(
+        "gpu_process_idle_seconds",
+        "Seconds since the process last showed SM activity while holding GPU memory (0 when active).",
+        labels=["gpu", "gpu_uuid", "pid", "command", *k8s])
+    unallocated = GaugeMetricFamily(
+        "gpu_process_unallocated",
+        "1 if the process runs on a GPU or MIG instance that kubelet did not allocate to its container.",
+        labels=["gpu", "gpu_uuid", "pid", *k8s])
+    device_info = GaugeMetricFamily(
+        "gpu_device_info", "A monitored GPU or MIG instance (value 1).",
+        labels=["gpu", "gpu_uuid", "name", "mig_profile", "parent_gpu_uuid"])
+    device_total = GaugeMetricFamily("gpu_device_memory_total_bytes", "Memory of the GPU or MIG instance.",
+                                     labels=["gpu", "gpu_uuid"])
+    device_used = GaugeMetricFamily("gpu_device_memory_used_bytes", "Memory in use on the GPU or MIG instance.",
+                                    labels=["gpu", "gpu_uuid"])
+    unattributed = GaugeMetricFamily(
+        "gpu_device_unattributed_memory_bytes",
+        "Memory in use on the GPU or MIG instance that no listed process accounts for.", labels=["gpu", "gpu_uuid"])
+    gpu_up = GaugeMetricFamily("gpu_proc_collector_gpu_up", "1 if the GPU was read this run, 0 if it failed.",
+                               labels=["gpu", "gpu_uuid"])
+    dropped = GaugeMetricFamily(
+        "gpu_proc_collector_processes_dropped",
+        "PIDs NVML listed that this run could not report, by reason.", labels=["reason"])
+
+    per_device: dict[str, int] = {d.label: 0 for d in report.devices}
+    accounted: dict[str, int] = {d.label: 0 for d in report.devices}
+    for record in report.records:
+        proc, device, owner = record.gpu, record.gpu.device, record.owner
+        gpu, pid, command = device.label, str(proc.pid), record.host.name
+        per_device[gpu] += 1
+        accounted[gpu] += proc.used_memory or 0
+        info.add_metric([gpu, pid, command, owner.pod, owner.namespace, owner.container, status(record),
+                         gpu_memory_label(proc.used_memory)], 1.0)
+        seed_labels = [gpu, pid, command, owner.pod, owner.namespace]
+        if proc.sm_utilization is not None:
+            util.add_metric(seed_labels, round(proc.sm_utilization, 4))
+        percent = memory_percent(proc.used_memory, device.memory_total)
+        if percent is not None:
+            mem_util.add_metric(seed_labels, percent)
+        k8s_values = [owner.pod, owner.namespace, owner.container]
+        if proc.used_memory is not None:
+            mem_bytes.add_metric([gpu, device.uuid, pid, command, *k8s_values, owner.kind, owner.name],
+                                 float(proc.used_memory))
+        if record.idle_seconds is not None:
+            idle.add_metric([gpu, device.uuid, pid, command, *k8s_values], round(record.idle_seconds, 3))
+        if owner.kind == "pod" or record.unallocated:
+            unallocated.add_metric([gpu, device.uuid, pid, *k8s_values], 1.0 if record.unallocated else 0.0)
+
+    for device in report.devices:
+        count.add_metric([device.label], float(per_device[device.label]))
+        device_info.add_metric([device.label, device.uuid, device.name, device.mig.profile if device.mig else "",
+                                device.mig.parent_uuid if device.mig else ""], 1.0)
+        if device.memory_total is not None:
+            device_total.add_metric([device.label, device.uuid], float(device.memory_total))
+        if device.memory_used is not None:
+            device_used.add_metric([device.label, device.uuid], float(device.memory_used))
+            unattributed.add_metric([device.label, device.uuid],
+                                    float(max(0, device.memory_used - accounted[device.label])))
+    total.add_metric([], float(sum(per_device.values())))
+    gpu_ids = {(d.index, d.mig.parent_uuid if d.mig else d.uuid) for d in report.devices}
+    for index, uuid in sorted(gpu_ids):
+        gpu_up.add_metric([str(index), uuid], 1.0)
+    for failed in report.failed_gpus:
+        gpu_up.add_metric([str(failed.index), failed.uuid], 0.0)
+    for reason, n in sorted(report.dropped.items()):
+        dropped.add_metric([reason], float(n))
+
+    yield from (count, total, info, util, mem_util, mem_bytes, idle, unallocated, device_info, device_total,
+                device_used, unattributed)
+    yield from self_metrics(True, report.timestamp, report.duration, report.driver_version)
+    yield from (gpu_up, dropped)
+    yield from report.extra

@@ -1,0 +1,93 @@
+"""Records passed between the pipeline's stages. Frozen: a stage never edits what an earlier one produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class MigInfo:
+    gpu_instance_id: int
+    compute_instance_id: int
+    profile: str
+    parent_uuid: str
+
+
+@dataclass(frozen=True)
+class Device:
+    """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
+
+    label: str  # the seed's `gpu` label: "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    index: int  # the physical GPU's NVML index
+    uuid: str  # GPU-… or MIG-…
+    name: str
+    memory_total: Optional[int]
+    memory_used: Optional[int]
+    mig: Optional[MigInfo] = None
+    # False where NVML cannot measure per-process utilisation (MIG, or a driver without the call).
+    utilization_measurable: bool = True
+
+
+@dataclass(frozen=True)
+class FailedGpu:
+    index: int
+    uuid: str  # "" when NVML could not tell
+    reason: str
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """One PID on one device as NVML lists it, its lists merged (compute, graphics, MPS)."""
+
+    pid: int
+    device: Device
+    used_memory: Optional[int]  # bytes; None when NVML reports it as not available
+    kinds: frozenset[str]
+    sm_utilization: Optional[float]  # mean SM % over the interval; None where not measurable
+    active: Optional[bool]  # SM activity seen in the interval; None where not measurable
+
+
+@dataclass(frozen=True)
+class NvmlSnapshot:
+    driver_version: str
+    devices: tuple[Device, ...]
+    processes: tuple[GpuProcess, ...]
+    failed_gpus: tuple[FailedGpu, ...]
+    # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
+    last_seen_us: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostProcess:
+    """What /proc says about a PID."""
+
+    pid: int
+    name: str
+    cmdline: tuple[str, ...]
+    start_time: float  # seconds since the epoch (stat starttime + btime); with the PID, names the process across runs
+    cgroup: str  # raw /proc/<pid>/cgroup text, "" when unreadable
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a process belongs to. kind: pod, docker, systemd, slurm or host."""
+
+    kind: str = "host"
+    name: str = ""
+    pod: str = ""
+    namespace: str = ""
+    container: str = ""
+    pod_uid: str = ""
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A GPU process described and attributed: what the metrics are rendered from."""
+
+    gpu: GpuProcess
+    host: HostProcess
+    owner: Owner
+    idle_seconds: Optional[float] = None
+    unallocated: bool = False

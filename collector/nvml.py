@@ -1,0 +1,274 @@
+"""The only module that imports pynvml.
+
+It turns NVML into frozen records: the monitored devices (whole GPUs and MIG instances), their processes with the
+compute, graphics and MPS lists merged, and per-process SM utilisation from the samples newer than the previous
+run's. Errors leave it in two shapes only: `NvmlUnavailable` when NVML as a whole cannot be used, and `FailedGpu`
+records for GPUs that failed while the others were read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pynvml
+
+from collector.model import Device, FailedGpu, GpuProcess, MigInfo, NvmlSnapshot
+
+log = logging.getLogger(__name__)
+
+FIRST_RUN_WINDOW_US = 60_000_000  # with no previous timestamp, read the samples of the last minute
+NA_INSTANCE_ID = 0xFFFFFFFF
+
+# (kind, the unversioned wrapper that needs the *_v3 symbol, the _v2 wrapper of R470..R495 drivers)
+PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
+    ("compute", "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"),
+    ("graphics", "nvmlDeviceGetGraphicsRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses_v2"),
+    ("mps", "nvmlDeviceGetMPSComputeRunningProcesses", "nvmlDeviceGetMPSComputeRunningProcesses_v2"),
+)
+
+_reported_missing: set[str] = set()
+
+
+class NvmlUnavailable(Exception):
+    """NVML cannot be used at all: library missing, driver not loaded, no permission."""
+
+
+class _GpuFailed(Exception):
+    """One GPU failed (lost, no permission, an unexpected NVML error); the others are still read."""
+
+
+def _is_missing_function(err: BaseException) -> bool:
+    # NVMLLibraryMismatchError subclasses Exception, not NVMLError: the unversioned wrappers raise it when the
+    # driver lacks the *_v3 symbol.
+    return isinstance(err, (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError))
+
+
+def _note_missing(function: str) -> None:
+    if function not in _reported_missing:
+        _reported_missing.add(function)
+        log.info("NVML function %s is not available on this driver; going on without it", function)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class _Options:
+    devices: Optional[Collection[int]]
+    last_seen_us: Mapping[str, int]
+    now_us: int
+
+
+@dataclass
+class _Reader:
+    options: _Options
+    devices: list[Device] = field(default_factory=list)
+    processes: list[GpuProcess] = field(default_factory=list)
+    failed: list[FailedGpu] = field(default_factory=list)
+    last_seen_us: dict[str, int] = field(default_factory=dict)
+
+    def read_gpu(self, index: int) -> None:
+        uuid = ""
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+            self._read_gpu(index, handle, uuid)
+        except _GpuFailed as err:
+            self._fail(index, uuid, str(err))
+        except pynvml.NVMLError as err:
+            self._fail(index, uuid, str(err))
+
+    def _fail(self, index: int, uuid: str, reason: str) -> None:
+        log.warning("GPU %d%s skipped: %s", index, f" ({uuid})" if uuid else "", reason)
+        self.failed.append(FailedGpu(index=index, uuid=uuid, reason=reason))
+
+    def _read_gpu(self, index: int, handle: Any, uuid: str) -> None:
+        name = _text(pynvml.nvmlDeviceGetName(handle))
+        if self._mig_enabled(handle):
+            units = list(self._mig_units(index, handle, uuid, name))
+            per_unit = [(unit, self._process_lists(h)) for unit, h in units]
+            samples: Optional[dict[int, list[int]]] = None  # NVML: not supported on MIG
+        else:
+            total, used = _memory(handle)
+            unit = Device(label=str(index), index=index, uuid=uuid, name=name, memory_total=total, memory_used=used)
+            per_unit = [(unit, self._process_lists(handle))]
+            samples = self._utilisation_samples(handle, uuid)
+            if samples is None:
+                per_unit = [(_unmeasurable(unit), lists) for unit, lists in per_unit]
+        # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
+        for unit, lists in per_unit:
+            self.devices.append(unit)
+            self.processes.extend(_merge(unit, lists, samples))
+
+    @staticmethod
+    def _mig_enabled(handle: Any) -> bool:
+        try:
+            current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+        except pynvml.NVMLError_NotSupported:
+            return False
+        except Exception as err:
+            if _is_missing_function(err):
+                _note_missing("nvmlDeviceGetMigMode")
+                return False
+            raise
+        return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+
+    def _mig_units(self, index: int, handle: Any, parent_uuid: str, parent_name: str) -> Iterable[tuple[Device, Any]]:
+        for slot in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+                continue  # MIG slots are sparse
+            gi = int(pynvml.nvmlDeviceGetGpuInstanceId(mig))
+            ci = int(pynvml.nvmlDeviceGetComputeInstanceId(mig))
+            name = _text(pynvml.nvmlDeviceGetName(mig))
+            total, used = _memory(mig)
+            profile = name.rsplit(" MIG ", 1)[1] if " MIG " in name else ""
+            yield (
+                Device(
+                    label=f"{index}_{gi}_{ci}",
+                    index=index,
+                    uuid=_text(pynvml.nvmlDeviceGetUUID(mig)),
+                    name=parent_name,
+                    memory_total=total,
+                    memory_used=used,
+                    mig=MigInfo(gpu_instance_id=gi, compute_instance_id=ci, profile=profile, parent_uuid=parent_uuid),
+                    utilization_measurable=False,
+                ),
+                mig,
+            )
+
+    @staticmethod
+    def _process_lists(handle: Any) -> list[tuple[str, list[Any]]]:
+        lists: list[tuple[str, list[Any]]] = []
+        for kind, current, older in PROCESS_LISTS:
+            try:
+                lists.append((kind, list(getattr(pynvml, current)(handle))))
+                continue
+            except pynvml.NVMLError_NotSupported:
+                continue
+            except Exception as err:
+                if not _is_missing_function(err):
+                    raise
+                _note_missing(current + "_v3")
+            try:
+                lists.append((kind, list(getattr(pynvml, older)(handle))))
+            except pynvml.NVMLError_FunctionNotFound:
+                _note_missing(older)
+                if kind == "compute":
+                    raise _GpuFailed("this driver offers no process list NVML call") from None
+        return lists
+
+    def _utilisation_samples(self, handle: Any, uuid: str) -> Optional[dict[int, list[int]]]:
+        """SM % samples per PID newer than the last run's; None where per-process utilisation can't be measured."""
+        now = self.options.now_us
+        since = self.options.last_seen_us.get(uuid, 0)
+        if since <= 0 or since > now:  # first run, or the clock stepped back since the last one
+            since = now - FIRST_RUN_WINDOW_US
+        self.last_seen_us[uuid] = since
+        try:
+            raw = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
+        except pynvml.NVMLError_NotFound:
+            return {}  # no process had SM activity since `since`: measured, all idle
+        except pynvml.NVMLError_NotSupported:
+            return None
+        except pynvml.NVMLError_FunctionNotFound:
+            _note_missing("nvmlDeviceGetProcessUtilization")
+            return None
+        except pynvml.NVMLError_GpuIsLost:
+            raise
+        except pynvml.NVMLError as err:
+            log.warning("per-process utilisation of %s unavailable this run: %s", uuid, err)
+            return None
+        samples: dict[int, list[int]] = {}
+        for sample in raw:
+            samples.setdefault(int(sample.pid), []).append(int(sample.smUtil))
+            self.last_seen_us[uuid] = max(self.last_seen_us[uuid], int(sample.timeStamp))
+        return samples
+
+
+def _unmeasurable(unit: Device) -> Device:
+    return Device(
+        label=unit.label, index=unit.index, uuid=unit.uuid, name=unit.name, memory_total=unit.memory_total,
+        memory_used=unit.memory_used, mig=unit.mig, utilization_measurable=False,
+    )
+
+
+def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
+    try:
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission) as err:
+        log.debug("memory info unavailable: %s", err)
+        return None, None
+    return int(info.total), int(info.used)
+
+
+def _merge(
+    unit: Device, lists: list[tuple[str, list[Any]]], samples: Optional[Mapping[int, list[int]]]
+) -> list[GpuProcess]:
+    """One record per PID on the unit: a PID in several lists (graphics + compute) is one process."""
+    memory: dict[int, Optional[int]] = {}
+    kinds: dict[int, set[str]] = {}
+    for kind, entries in lists:
+        for entry in entries:
+            pid = int(entry.pid)
+            used = None if entry.usedGpuMemory is None else int(entry.usedGpuMemory)
+            kinds.setdefault(pid, set()).add(kind)
+            previous = memory.get(pid)
+            memory[pid] = used if previous is None else max(previous, used or 0)
+    merged = []
+    for pid in sorted(memory):
+        sm: Optional[float] = None
+        active: Optional[bool] = None
+        if samples is not None:
+            values = samples.get(pid, [])
+            sm = sum(values) / len(values) if values else 0.0
+            active = any(v > 0 for v in values)
+        merged.append(
+            GpuProcess(pid=pid, device=unit, used_memory=memory[pid], kinds=frozenset(kinds[pid]),
+                       sm_utilization=sm, active=active)
+        )
+    return merged
+
+
+def read_snapshot(
+    devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int
+) -> NvmlSnapshot:
+    """Reads every (selected) GPU once. Raises NvmlUnavailable when NVML itself cannot be used."""
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        raise NvmlUnavailable(f"NVML init failed: {err}") from None
+    try:
+        try:
+            driver = _text(pynvml.nvmlSystemGetDriverVersion())
+            count = int(pynvml.nvmlDeviceGetCount())
+        except pynvml.NVMLError as err:
+            raise NvmlUnavailable(f"NVML cannot list GPUs: {err}") from None
+        reader = _Reader(_Options(devices=devices, last_seen_us=last_seen_us, now_us=now_us))
+        for index in range(count):
+            if devices is None or index in devices:
+                reader.read_gpu(index)
+        missing = sorted(set(devices or ()) - set(range(count)))
+        if missing:
+            log.warning("--devices names GPUs this host does not have: %s", ",".join(map(str, missing)))
+        return NvmlSnapshot(
+            driver_version=driver,
+            devices=tuple(reader.devices),
+            processes=tuple(reader.processes),
+            failed_gpus=tuple(reader.failed),
+            last_seen_us=reader.last_seen_us,
+        )
+    finally:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    try:
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError as err:
+        log.debug("nvmlShutdown: %s", err)

@@ -1,0 +1,64 @@
+"""Per-PID reads of /proc under the host root, through psutil (its PROCFS_PATH points at the host's /proc)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import psutil
+
+from collector.model import HostProcess
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_CHARS = 256  # a label value, not a document: longer names are cut
+
+
+def use_host_root(host_root: str) -> None:
+    """Points psutil at <host_root>/proc (node_exporter's --path.rootfs model)."""
+    psutil.PROCFS_PATH = os.path.join(host_root, "proc")
+
+
+def printable(text: str) -> str:
+    """Text fit for a label value: undecodable bytes (kept by psutil as surrogates) become U+FFFD, long text is cut.
+
+    Quotes, backslashes and newlines stay: the exposition library escapes them.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:MAX_NAME_CHARS]
+
+
+def read_cgroup(pid: int) -> str:
+    try:
+        with open(os.path.join(psutil.PROCFS_PATH, str(pid), "cgroup"), encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def describe(pid: int) -> Optional[HostProcess]:
+    """What /proc says about pid; None when there is no such process (it exited, or NVML reported garbage)."""
+    if pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            start = proc.create_time()
+            name = proc.name()
+            try:
+                cmdline = tuple(proc.cmdline())
+            except psutil.AccessDenied:
+                cmdline = ()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied as err:
+        log.debug("pid %d: %s", pid, err)
+        return None
+    return HostProcess(
+        pid=pid,
+        name=printable(name),
+        cmdline=tuple(printable(arg) for arg in cmdline),
+        start_time=start,
+        cgroup=read_cgroup(pid),
+    )
+

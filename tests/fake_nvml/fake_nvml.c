@@ -1,0 +1,688 @@
+/* A stand-in libnvidia-ml.so.1 for machines without a GPU.
+ *
+ * It exports the NVML symbols gpu-proc-collector calls, with the real C signatures, struct layouts and calling
+ * protocol (count-then-fill with NVML_ERROR_INSUFFICIENT_SIZE, NOT_FOUND when no utilisation sample is newer than
+ * lastSeenTimeStamp, NOT_SUPPORTED for per-process utilisation on MIG), so the unmodified pynvml runs against it.
+ * What it reports comes from the JSON scenario named by $FAKE_NVML_SCENARIO, read at nvmlInitWithFlags; the
+ * format is described in README.md beside this file.
+ *
+ * Build variants (Makefile) play older drivers:
+ *   FAKE_VARIANT_R470  no *_RunningProcesses_v3 and no nvmlDeviceGetProcessesUtilizationInfo (R470..R495 drivers)
+ *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (REFERENCE fact 13)
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "json.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+typedef int nvmlReturn_t;
+enum {
+    NVML_SUCCESS = 0,
+    NVML_ERROR_UNINITIALIZED = 1,
+    NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NOT_FOUND = 6,
+    NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
+    NVML_ERROR_UNKNOWN = 999,
+};
+
+static const struct { const char *name; int code; } ERROR_NAMES[] = {
+    {"SUCCESS", 0}, {"UNINITIALIZED", 1}, {"INVALID_ARGUMENT", 2}, {"NOT_SUPPORTED", 3},
+    {"NO_PERMISSION", 4}, {"ALREADY_INITIALIZED", 5}, {"NOT_FOUND", 6}, {"INSUFFICIENT_SIZE", 7},
+    {"INSUFFICIENT_POWER", 8}, {"DRIVER_NOT_LOADED", 9}, {"TIMEOUT", 10}, {"IRQ_ISSUE", 11},
+    {"LIBRARY_NOT_FOUND", 12}, {"FUNCTION_NOT_FOUND", 13}, {"CORRUPTED_INFOROM", 14}, {"GPU_IS_LOST", 15},
+    {"RESET_REQUIRED", 16}, {"OPERATING_SYSTEM", 17}, {"LIB_RM_VERSION_MISMATCH", 18}, {"IN_USE", 19},
+    {"MEMORY", 20}, {"NO_DATA", 21}, {"VGPU_ECC_NOT_ENABLED", 22}, {"INSUFFICIENT_RESOURCES", 23},
+    {"FREQ_NOT_SUPPORTED", 24}, {"ARGUMENT_VERSION_MISMATCH", 25}, {"DEPRECATED", 26}, {"NOT_READY", 27},
+    {"GPU_NOT_FOUND", 28}, {"INVALID_STATE", 29}, {"UNKNOWN", 999},
+};
+
+#define KIND_COMPUTE 0
+#define KIND_GRAPHICS 1
+#define KIND_MPS 2
+#define NA_U64 0xFFFFFFFFFFFFFFFFULL
+#define NA_U32 0xFFFFFFFFU
+#define MAX_MIG_SLOTS 8
+
+typedef struct { unsigned int pid; unsigned long long used; } proc_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long ts;
+    unsigned int sm, mem, enc, dec, jpg, ofa;
+} sample_t;
+
+typedef struct { const char *fn; int code; } error_t_;
+
+typedef struct nvmlDevice_st {
+    int is_mig;
+    struct nvmlDevice_st *parent;
+    unsigned int index, minor, gi, ci;
+    char uuid[96], name[96];
+    unsigned long long mem_total, mem_used;
+    unsigned int util_gpu, util_mem, temperature_c, power_mw;
+    proc_t *procs[3];
+    unsigned int nprocs[3];
+    proc_t *late_procs; /* appended to the compute list after a count call: a process starting mid-query */
+    unsigned int nlate;
+    int counted;
+    sample_t *samples;
+    unsigned int nsamples;
+    error_t_ *errors;
+    unsigned int nerrors;
+    int has_mig; /* MIG capable: GetMigMode answers */
+    unsigned int mig_current, mig_pending, mig_max;
+    struct nvmlDevice_st *slots[MAX_MIG_SLOTS];
+} device_t;
+
+typedef device_t *nvmlDevice_t;
+
+typedef struct { unsigned int pid; unsigned long long usedGpuMemory; unsigned int gpuInstanceId, computeInstanceId; } nvmlProcessInfo_t;
+typedef struct { unsigned int pid; unsigned long long usedGpuMemory; unsigned int gpuInstanceId, computeInstanceId;
+                 unsigned long long usedGpuCcProtectedMemory; } nvmlProcessInfo_r535_t;
+typedef struct { unsigned int pid; unsigned long long timeStamp; unsigned int smUtil, memUtil, encUtil, decUtil; } nvmlProcessUtilizationSample_t;
+typedef struct { unsigned long long timeStamp; unsigned int pid, smUtil, memUtil, encUtil, decUtil, jpgUtil, ofaUtil; } nvmlProcessUtilizationInfo_v1_t;
+typedef struct { unsigned int version, processSamplesCount; unsigned long long lastSeenTimeStamp; nvmlProcessUtilizationInfo_v1_t *procUtilArray; } nvmlProcessesUtilizationInfo_t;
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
+typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+
+_Static_assert(sizeof(nvmlProcessInfo_t) == 24, "nvmlProcessInfo_t layout");
+_Static_assert(sizeof(nvmlProcessInfo_r535_t) == 32, "R535 process struct layout");
+_Static_assert(sizeof(nvmlProcessUtilizationSample_t) == 32, "nvmlProcessUtilizationSample_t layout");
+_Static_assert(sizeof(nvmlProcessUtilizationInfo_v1_t) == 40, "nvmlProcessUtilizationInfo_v1_t layout");
+_Static_assert(sizeof(nvmlProcessesUtilizationInfo_t) == 24, "nvmlProcessesUtilizationInfo_v1_t layout");
+_Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t layout");
+
+#define PROCESSES_UTILIZATION_INFO_V1 0x01000018U
+#define MEMORY_V2 0x02000028U
+
+static struct {
+    int loaded;
+    char driver_version[80];
+    error_t_ *errors;
+    unsigned int nerrors;
+    device_t *devices;   /* physical GPUs, index order */
+    unsigned int ndevices;
+    device_t *instances; /* MIG devices, pointed to by their parents' slots */
+    unsigned int ninstances;
+} S;
+
+static int error_code(const char *text) {
+    if (!text) return NVML_ERROR_UNKNOWN;
+    if (!strncmp(text, "NVML_ERROR_", 11)) text += 11;
+    else if (!strncmp(text, "NVML_", 5)) text += 5;
+    for (size_t i = 0; i < sizeof(ERROR_NAMES) / sizeof(ERROR_NAMES[0]); i++)
+        if (!strcmp(ERROR_NAMES[i].name, text)) return ERROR_NAMES[i].code;
+    return NVML_ERROR_UNKNOWN;
+}
+
+static void load_errors(const jval *obj, error_t_ **out, unsigned int *n) {
+    *out = NULL;
+    *n = 0;
+    if (!obj || obj->type != J_OBJ || obj->len == 0) return;
+    *out = calloc(obj->len, sizeof(error_t_));
+    for (size_t i = 0; i < obj->len; i++) {
+        const jval *v = obj->items[i];
+        (*out)[i].fn = strdup(obj->keys[i]);
+        (*out)[i].code = (v->type == J_NUM) ? (int)v->num : error_code(json_str(v, NULL));
+    }
+    *n = (unsigned int)obj->len;
+}
+
+static int find_error(const error_t_ *errs, unsigned int n, const char *fn) {
+    for (unsigned int i = 0; i < n; i++)
+        if (!strcmp(errs[i].fn, fn) || !strcmp(errs[i].fn, "*")) return errs[i].code;
+    return NVML_SUCCESS;
+}
+
+/* The scenario's error for fn on dev: the device's own, a MIG device's parent's "*" (a lost GPU loses its
+ * instances), then the top level's. */
+static int injected(const char *fn, const device_t *dev) {
+    int r;
+    if (dev) {
+        if ((r = find_error(dev->errors, dev->nerrors, fn))) return r;
+        if (dev->parent) {
+            for (unsigned int i = 0; i < dev->parent->nerrors; i++)
+                if (!strcmp(dev->parent->errors[i].fn, "*")) return dev->parent->errors[i].code;
+        }
+    }
+    return find_error(S.errors, S.nerrors, fn);
+}
+
+#define ENTER(fn, dev)                                              \
+    do {                                                            \
+        if (!S.loaded) return NVML_ERROR_UNINITIALIZED;             \
+        int injected_ = injected(fn, dev);                          \
+        if (injected_) return injected_;                            \
+    } while (0)
+
+#define ENTER_DEV(fn, dev)                                          \
+    do {                                                            \
+        if (!S.loaded) return NVML_ERROR_UNINITIALIZED;             \
+        if (!(dev)) return NVML_ERROR_INVALID_ARGUMENT;             \
+        int injected_ = injected(fn, dev);                          \
+        if (injected_) return injected_;                            \
+    } while (0)
+
+static unsigned long long now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000ULL;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src) {
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+static void load_procs(const jval *arr, proc_t **out, unsigned int *n) {
+    *out = NULL;
+    *n = 0;
+    if (!arr || arr->type != J_ARR || arr->len == 0) return;
+    *out = calloc(arr->len, sizeof(proc_t));
+    for (size_t i = 0; i < arr->len; i++) {
+        const jval *used = json_get(arr->items[i], "used_memory");
+        (*out)[i].pid = (unsigned int)json_u64(json_get(arr->items[i], "pid"), 0);
+        (*out)[i].used = (used && used->type == J_NULL) ? NA_U64 : json_u64(used, 0);
+    }
+    *n = (unsigned int)arr->len;
+}
+
+static void load_process_lists(device_t *d, const jval *processes) {
+    load_procs(json_get(processes, "compute"), &d->procs[KIND_COMPUTE], &d->nprocs[KIND_COMPUTE]);
+    load_procs(json_get(processes, "graphics"), &d->procs[KIND_GRAPHICS], &d->nprocs[KIND_GRAPHICS]);
+    load_procs(json_get(processes, "mps"), &d->procs[KIND_MPS], &d->nprocs[KIND_MPS]);
+}
+
+static void load_samples(device_t *d, const jval *arr, unsigned long long now) {
+    if (!arr || arr->type != J_ARR || arr->len == 0) return;
+    d->samples = calloc(arr->len, sizeof(sample_t));
+    for (size_t i = 0; i < arr->len; i++) {
+        const jval *s = arr->items[i];
+        sample_t *o = &d->samples[i];
+        const jval *age = json_get(s, "age_s");
+        o->pid = (unsigned int)json_u64(json_get(s, "pid"), 0);
+        o->ts = age ? now - (unsigned long long)(json_num(age, 0) * 1e6) : json_u64(json_get(s, "timestamp_us"), now);
+        o->sm = (unsigned int)json_u64(json_get(s, "sm"), 0);
+        o->mem = (unsigned int)json_u64(json_get(s, "mem"), 0);
+        o->enc = (unsigned int)json_u64(json_get(s, "enc"), 0);
+        o->dec = (unsigned int)json_u64(json_get(s, "dec"), 0);
+        o->jpg = (unsigned int)json_u64(json_get(s, "jpg"), 0);
+        o->ofa = (unsigned int)json_u64(json_get(s, "ofa"), 0);
+    }
+    d->nsamples = (unsigned int)arr->len;
+}
+
+static void load_memory(device_t *d, const jval *mem) {
+    d->mem_total = json_u64(json_get(mem, "total"), 0);
+    d->mem_used = json_u64(json_get(mem, "used"), 0);
+}
+
+static char *read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    return buf;
+}
+
+static int load_scenario(void) {
+    const char *path = getenv("FAKE_NVML_SCENARIO");
+    if (!path || !*path) {
+        fprintf(stderr, "fake-nvml: FAKE_NVML_SCENARIO is not set\n");
+        return -1;
+    }
+    char *text = read_file(path);
+    if (!text) {
+        fprintf(stderr, "fake-nvml: cannot read scenario %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char err[160];
+    jval *root = json_parse(text, err, sizeof(err));
+    free(text);
+    if (!root || root->type != J_OBJ) {
+        fprintf(stderr, "fake-nvml: scenario %s is not a JSON object: %s\n", path, root ? "wrong type" : err);
+        json_free(root);
+        return -1;
+    }
+    unsigned long long now = now_us();
+    memset(&S, 0, sizeof(S));
+    copy_str(S.driver_version, sizeof(S.driver_version), json_str(json_get(root, "driver_version"), "580.95.05"));
+    load_errors(json_get(root, "errors"), &S.errors, &S.nerrors);
+
+    const jval *devs = json_get(root, "devices");
+    size_t ndev = (devs && devs->type == J_ARR) ? devs->len : 0, ninst = 0;
+    for (size_t i = 0; i < ndev; i++) {
+        const jval *inst = json_get(json_get(devs->items[i], "mig"), "instances");
+        if (inst && inst->type == J_ARR) ninst += inst->len;
+    }
+    S.devices = calloc(ndev ? ndev : 1, sizeof(device_t));
+    S.instances = calloc(ninst ? ninst : 1, sizeof(device_t));
+    for (size_t i = 0; i < ndev; i++) {
+        const jval *dj = devs->items[i];
+        device_t *d = &S.devices[i];
+        d->index = (unsigned int)i;
+        d->minor = (unsigned int)json_u64(json_get(dj, "minor"), i);
+        copy_str(d->uuid, sizeof(d->uuid), json_str(json_get(dj, "uuid"), ""));
+        if (!d->uuid[0]) snprintf(d->uuid, sizeof(d->uuid), "GPU-00000000-0000-0000-0000-%012zx", i);
+        copy_str(d->name, sizeof(d->name), json_str(json_get(dj, "name"), "NVIDIA H100 80GB HBM3"));
+        load_memory(d, json_get(dj, "memory"));
+        d->util_gpu = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "gpu"), 0);
+        d->util_mem = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "memory"), 0);
+        d->temperature_c = (unsigned int)json_u64(json_get(dj, "temperature_c"), 40);
+        d->power_mw = (unsigned int)json_u64(json_get(dj, "power_mw"), 100000);
+        load_process_lists(d, json_get(dj, "processes"));
+        load_procs(json_get(dj, "processes_started_after_count"), &d->late_procs, &d->nlate);
+        load_samples(d, json_get(dj, "process_samples"), now);
+        load_errors(json_get(dj, "errors"), &d->errors, &d->nerrors);
+
+        const jval *mig = json_get(dj, "mig");
+        if (!mig) continue;
+        d->has_mig = 1;
+        d->mig_current = (unsigned int)json_u64(json_get(mig, "mode"), 1);
+        d->mig_pending = (unsigned int)json_u64(json_get(mig, "pending"), d->mig_current);
+        d->mig_max = (unsigned int)json_u64(json_get(mig, "max_count"), 7);
+        if (d->mig_max > MAX_MIG_SLOTS) d->mig_max = MAX_MIG_SLOTS;
+        const jval *insts = json_get(mig, "instances");
+        for (size_t k = 0; insts && insts->type == J_ARR && k < insts->len; k++) {
+            const jval *ij = insts->items[k];
+            unsigned int slot = (unsigned int)json_u64(json_get(ij, "slot"), k);
+            if (slot >= MAX_MIG_SLOTS || d->slots[slot]) continue;
+            device_t *m = &S.instances[S.ninstances++];
+            m->is_mig = 1;
+            m->parent = d;
+            m->index = d->index;
+            m->minor = d->minor;
+            m->gi = (unsigned int)json_u64(json_get(ij, "gpu_instance_id"), k + 1);
+            m->ci = (unsigned int)json_u64(json_get(ij, "compute_instance_id"), 0);
+            copy_str(m->uuid, sizeof(m->uuid), json_str(json_get(ij, "uuid"), ""));
+            if (!m->uuid[0]) snprintf(m->uuid, sizeof(m->uuid), "MIG-00000000-0000-0000-%04zx-%012zx", i, k);
+            snprintf(m->name, sizeof(m->name), "%s MIG %s", d->name, json_str(json_get(ij, "profile"), "1g.10gb"));
+            load_memory(m, json_get(ij, "memory"));
+            load_process_lists(m, json_get(ij, "processes"));
+            load_errors(json_get(ij, "errors"), &m->errors, &m->nerrors);
+            d->slots[slot] = m;
+        }
+    }
+    S.ndevices = (unsigned int)ndev;
+    json_free(root);
+    return 0;
+}
+
+static int mig_enabled(const device_t *d) {
+    return d->has_mig && d->mig_current == 1;
+}
+
+static int device_exists(const device_t *d) {
+    if (!d) return 0;
+    if (d >= S.devices && d < S.devices + S.ndevices) return 1;
+    return d >= S.instances && d < S.instances + S.ninstances;
+}
+
+/* ---- init, system ---- */
+
+EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    if (S.loaded) return NVML_SUCCESS;
+    if (load_scenario()) return NVML_ERROR_DRIVER_NOT_LOADED;
+    int r = injected("nvmlInitWithFlags", NULL);
+    if (r) return r;
+    S.loaded = 1;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+
+EXPORT nvmlReturn_t nvmlShutdown(void) {
+    if (!S.loaded) return NVML_ERROR_UNINITIALIZED;
+    S.loaded = 0;
+    return NVML_SUCCESS;
+}
+
+EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
+    static char buf[64];
+    for (size_t i = 0; i < sizeof(ERROR_NAMES) / sizeof(ERROR_NAMES[0]); i++)
+        if (ERROR_NAMES[i].code == result) {
+            snprintf(buf, sizeof(buf), "%s (fake NVML)", ERROR_NAMES[i].name);
+            return buf;
+        }
+    return "Unknown Error (fake NVML)";
+}
+
+static nvmlReturn_t put_string(char *out, unsigned int length, const char *value) {
+    if (!out) return NVML_ERROR_INVALID_ARGUMENT;
+    if (strlen(value) + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(out, value, strlen(value) + 1);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    ENTER("nvmlSystemGetDriverVersion", NULL);
+    return put_string(version, length, S.driver_version);
+}
+
+EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    ENTER("nvmlSystemGetNVMLVersion", NULL);
+    char v[80];
+    snprintf(v, sizeof(v), "13.%s", S.driver_version);
+    return put_string(version, length, v);
+}
+
+EXPORT nvmlReturn_t nvmlSystemGetProcessName(unsigned int pid, char *name, unsigned int length) {
+    ENTER("nvmlSystemGetProcessName", NULL);
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%u/comm", pid);
+    char *comm = read_file(path);
+    if (!comm) return NVML_ERROR_NOT_FOUND;
+    comm[strcspn(comm, "\n")] = '\0';
+    nvmlReturn_t r = put_string(name, length, comm);
+    free(comm);
+    return r;
+}
+
+/* ---- devices ---- */
+
+EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    ENTER("nvmlDeviceGetCount_v2", NULL);
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = S.ndevices;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    if (!S.loaded) return NVML_ERROR_UNINITIALIZED;
+    if (!device || index >= S.ndevices) return NVML_ERROR_INVALID_ARGUMENT;
+    int r = injected("nvmlDeviceGetHandleByIndex_v2", &S.devices[index]);
+    if (r) return r;
+    *device = &S.devices[index];
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    ENTER("nvmlDeviceGetHandleByUUID", NULL);
+    if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned int i = 0; i < S.ndevices; i++)
+        if (!strcmp(S.devices[i].uuid, uuid)) { *device = &S.devices[i]; return NVML_SUCCESS; }
+    for (unsigned int i = 0; i < S.ninstances; i++)
+        if (!strcmp(S.instances[i].uuid, uuid)) { *device = &S.instances[i]; return NVML_SUCCESS; }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t dev, char *uuid, unsigned int length) {
+    ENTER_DEV("nvmlDeviceGetUUID", dev);
+    return put_string(uuid, length, dev->uuid);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t dev, char *name, unsigned int length) {
+    ENTER_DEV("nvmlDeviceGetName", dev);
+    return put_string(name, length, dev->name);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t dev, unsigned int *index) {
+    ENTER_DEV("nvmlDeviceGetIndex", dev);
+    if (!index) return NVML_ERROR_INVALID_ARGUMENT;
+    *index = dev->index;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t dev, unsigned int *minor) {
+    ENTER_DEV("nvmlDeviceGetMinorNumber", dev);
+    if (!minor) return NVML_ERROR_INVALID_ARGUMENT;
+    *minor = dev->minor;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t dev, nvmlMemory_t *mem) {
+    ENTER_DEV("nvmlDeviceGetMemoryInfo", dev);
+    if (!mem) return NVML_ERROR_INVALID_ARGUMENT;
+    mem->total = dev->mem_total;
+    mem->used = dev->mem_used;
+    mem->free = dev->mem_total > dev->mem_used ? dev->mem_total - dev->mem_used : 0;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t dev, nvmlMemory_v2_t *mem) {
+    ENTER_DEV("nvmlDeviceGetMemoryInfo_v2", dev);
+    if (!mem) return NVML_ERROR_INVALID_ARGUMENT;
+    if (mem->version != MEMORY_V2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    mem->total = dev->mem_total;
+    mem->reserved = 0;
+    mem->used = dev->mem_used;
+    mem->free = dev->mem_total > dev->mem_used ? dev->mem_total - dev->mem_used : 0;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t dev, nvmlUtilization_t *util) {
+    ENTER_DEV("nvmlDeviceGetUtilizationRates", dev);
+    if (!util) return NVML_ERROR_INVALID_ARGUMENT;
+    if (dev->is_mig || mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
+    util->gpu = dev->util_gpu;
+    util->memory = dev->util_mem;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t dev, int sensor, unsigned int *temp) {
+    ENTER_DEV("nvmlDeviceGetTemperature", dev);
+    if (!temp || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    *temp = dev->temperature_c;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t dev, unsigned int *power) {
+    ENTER_DEV("nvmlDeviceGetPowerUsage", dev);
+    if (!power) return NVML_ERROR_INVALID_ARGUMENT;
+    *power = dev->power_mw;
+    return NVML_SUCCESS;
+}
+
+/* ---- processes ---- */
+
+#ifdef FAKE_VARIANT_R535
+typedef nvmlProcessInfo_r535_t process_entry_t;
+#else
+typedef nvmlProcessInfo_t process_entry_t;
+#endif
+
+/* Appends one device's list of a kind to out (when out is not NULL), tagging MIG instance ids. */
+static unsigned int emit(const device_t *d, int kind, process_entry_t *out, unsigned int at, unsigned int cap) {
+    unsigned int n = d->nprocs[kind];
+    const proc_t *list = d->procs[kind];
+    unsigned int total = n + ((kind == KIND_COMPUTE && d->counted) ? d->nlate : 0);
+    for (unsigned int i = 0; out && i < total && at + i < cap; i++) {
+        const proc_t *p = i < n ? &list[i] : &d->late_procs[i - n];
+        process_entry_t *e = &out[at + i];
+        memset(e, 0, sizeof(*e));
+        e->pid = p->pid;
+        e->usedGpuMemory = p->used;
+        e->gpuInstanceId = d->is_mig ? d->gi : NA_U32;
+        e->computeInstanceId = d->is_mig ? d->ci : NA_U32;
+    }
+    return total;
+}
+
+static nvmlReturn_t running_processes(const char *fn, device_t *dev, int kind, unsigned int *count, process_entry_t *infos) {
+    ENTER_DEV(fn, dev);
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int cap = infos ? *count : 0, n = 0;
+    if (mig_enabled(dev)) {
+        /* The parent's aggregate view: every instance's processes, tagged with their ids. */
+        for (unsigned int s = 0; s < MAX_MIG_SLOTS; s++)
+            if (dev->slots[s]) n += emit(dev->slots[s], kind, infos, n, cap);
+    } else {
+        n = emit(dev, kind, infos, 0, cap);
+    }
+    if (!infos && kind == KIND_COMPUTE) dev->counted = 1;
+    if (n == 0) { *count = 0; return NVML_SUCCESS; }
+    if (!infos || cap < n) { *count = n; return NVML_ERROR_INSUFFICIENT_SIZE; }
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_VARIANT_R470
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, process_entry_t *i) {
+    return running_processes("nvmlDeviceGetComputeRunningProcesses_v3", d, KIND_COMPUTE, c, i);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, process_entry_t *i) {
+    return running_processes("nvmlDeviceGetGraphicsRunningProcesses_v3", d, KIND_GRAPHICS, c, i);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, process_entry_t *i) {
+    return running_processes("nvmlDeviceGetMPSComputeRunningProcesses_v3", d, KIND_MPS, c, i);
+}
+#endif
+
+/* _v2 has the same 24-byte struct as _v3 (R470 and later drivers keep exporting it). */
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, nvmlProcessInfo_t *i) {
+    return running_processes("nvmlDeviceGetComputeRunningProcesses_v2", d, KIND_COMPUTE, c, (process_entry_t *)(void *)i);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, nvmlProcessInfo_t *i) {
+    return running_processes("nvmlDeviceGetGraphicsRunningProcesses_v2", d, KIND_GRAPHICS, c, (process_entry_t *)(void *)i);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, nvmlProcessInfo_t *i) {
+    return running_processes("nvmlDeviceGetMPSComputeRunningProcesses_v2", d, KIND_MPS, c, (process_entry_t *)(void *)i);
+}
+
+#ifdef FAKE_VARIANT_R535
+/* Its presence without nvmlDeviceGetRunningProcessDetailList is nvitop's marker of the 32-byte struct drivers. */
+EXPORT nvmlReturn_t nvmlDeviceGetConfComputeMemSizeInfo(nvmlDevice_t dev, void *info) {
+    (void)info;
+    ENTER_DEV("nvmlDeviceGetConfComputeMemSizeInfo", dev);
+    return NVML_ERROR_NOT_SUPPORTED;
+}
+#endif
+
+/* ---- per-process utilisation ---- */
+
+static unsigned int newer_samples(const device_t *dev, unsigned long long last_seen) {
+    unsigned int n = 0;
+    for (unsigned int i = 0; i < dev->nsamples; i++)
+        if (dev->samples[i].ts > last_seen) n++;
+    return n;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProcessUtilizationSample_t *out,
+                                                    unsigned int *count, unsigned long long last_seen) {
+    ENTER_DEV("nvmlDeviceGetProcessUtilization", dev);
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (dev->is_mig || mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
+    unsigned int n = newer_samples(dev, last_seen);
+    if (n == 0) return NVML_ERROR_NOT_FOUND;
+    if (!out || *count < n) { *count = n; return NVML_ERROR_INSUFFICIENT_SIZE; }
+    unsigned int k = 0;
+    for (unsigned int i = 0; i < dev->nsamples; i++) {
+        const sample_t *s = &dev->samples[i];
+        if (s->ts <= last_seen) continue;
+        out[k].pid = s->pid;
+        out[k].timeStamp = s->ts;
+        out[k].smUtil = s->sm;
+        out[k].memUtil = s->mem;
+        out[k].encUtil = s->enc;
+        out[k].decUtil = s->dec;
+        k++;
+    }
+    *count = k;
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_VARIANT_R470
+EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvmlProcessesUtilizationInfo_t *info) {
+    ENTER_DEV("nvmlDeviceGetProcessesUtilizationInfo", dev);
+    if (!info) return NVML_ERROR_INVALID_ARGUMENT;
+    if (info->version != PROCESSES_UTILIZATION_INFO_V1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (dev->is_mig || mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
+    unsigned int n = newer_samples(dev, info->lastSeenTimeStamp);
+    if (n == 0) return NVML_ERROR_NOT_FOUND;
+    if (!info->procUtilArray || info->processSamplesCount < n) {
+        info->processSamplesCount = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned int k = 0;
+    for (unsigned int i = 0; i < dev->nsamples; i++) {
+        const sample_t *s = &dev->samples[i];
+        if (s->ts <= info->lastSeenTimeStamp) continue;
+        nvmlProcessUtilizationInfo_v1_t *o = &info->procUtilArray[k++];
+        o->timeStamp = s->ts;
+        o->pid = s->pid;
+        o->smUtil = s->sm;
+        o->memUtil = s->mem;
+        o->encUtil = s->enc;
+        o->decUtil = s->dec;
+        o->jpgUtil = s->jpg;
+        o->ofaUtil = s->ofa;
+    }
+    info->processSamplesCount = k;
+    return NVML_SUCCESS;
+}
+#endif
+
+/* ---- MIG ---- */
+
+EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t dev, unsigned int *current, unsigned int *pending) {
+    ENTER_DEV("nvmlDeviceGetMigMode", dev);
+    if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+    if (dev->is_mig || !dev->has_mig) return NVML_ERROR_NOT_SUPPORTED;
+    *current = dev->mig_current;
+    *pending = dev->mig_pending;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t dev, unsigned int *count) {
+    ENTER_DEV("nvmlDeviceGetMaxMigDeviceCount", dev);
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = (!dev->is_mig && mig_enabled(dev)) ? dev->mig_max : 0;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t dev, unsigned int index, nvmlDevice_t *mig) {
+    ENTER_DEV("nvmlDeviceGetMigDeviceHandleByIndex", dev);
+    if (!mig || dev->is_mig) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
+    if (index >= dev->mig_max) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!dev->slots[index]) return NVML_ERROR_NOT_FOUND;
+    *mig = dev->slots[index];
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t dev, unsigned int *is_mig) {
+    ENTER_DEV("nvmlDeviceIsMigDeviceHandle", dev);
+    if (!is_mig || !device_exists(dev)) return NVML_ERROR_INVALID_ARGUMENT;
+    *is_mig = (unsigned int)dev->is_mig;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t dev, unsigned int *id) {
+    ENTER_DEV("nvmlDeviceGetGpuInstanceId", dev);
+    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!dev->is_mig) return NVML_ERROR_NOT_SUPPORTED;
+    *id = dev->gi;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t dev, unsigned int *id) {
+    ENTER_DEV("nvmlDeviceGetComputeInstanceId", dev);
+    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!dev->is_mig) return NVML_ERROR_NOT_SUPPORTED;
+    *id = dev->ci;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t dev, nvmlDevice_t *parent) {
+    ENTER_DEV("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", dev);
+    if (!parent) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!dev->is_mig) return NVML_ERROR_INVALID_ARGUMENT;
+    *parent = dev->parent;
+    return NVML_SUCCESS;
+}
