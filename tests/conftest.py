@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.simhost import HostTree, write_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_NVML = REPO / "tests" / "fake_nvml"
+
+
+def require_tool(name: str) -> str:
+    """The tool's path. Missing: a failure under CI=true (CI installs it), a skip on a developer's machine."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (scripts/test.sh installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def fake_nvml() -> Path:
+    subprocess.run(["make", "-s", "-C", str(FAKE_NVML)], check=True)
+    return FAKE_NVML
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Parsed exposition: metric name -> [(labels, value)]."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def promtool_check(text: str) -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+    # Exit 3 is lint advice only (promtool's own convention); 1 is a parse error.
+    assert result.returncode in (0, 3), result.stdout.decode() + result.stderr.decode()
+    lint = (result.stdout + result.stderr).decode()
+    assert "error" not in lint.lower(), lint
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    text: str  # the exposition the run produced (stdout or the file)
+
+    @property
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        return samples(self.text)
+
+    def series(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [(lab, v) for lab, v in self.metrics.get(name, []) if all(lab.get(k) == x for k, x in labels.items())]
+
+    def value(self, name: str, **labels: str) -> float:
+        found = self.series(name, **labels)
+        assert len(found) == 1, f"{name}{labels}: {found}"
+        return found[0][1]
+
+
+@dataclass
+class Host:
+    """A simulated GPU host: a fake host tree, a scenario for the stand-in NVML, a state and a textfile dir."""
+
+    base: Path
+    lib: Path
+    tree: HostTree
+    textfile_dir: Path
+    state_dir: Path
+
+    @property
+    def prom(self) -> Path:
+        return self.textfile_dir / "gpu_processes.prom"
+
+    def run(
+        self,
+        document: dict[str, Any],
+        *args: str,
+        lib: Optional[Path] = None,
+        stdout: bool = False,
+        check_file: bool = True,
+        timeout: float = 60,
+        env: Optional[dict[str, str]] = None,
+        preexec: Optional[Callable[[], None]] = None,
+    ) -> Result:
+        scenario = write_scenario(self.base / "scenario.json", document)
+        full_env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": str(lib or self.lib),
+            "FAKE_NVML_SCENARIO": str(scenario),
+            **(env or {}),
+        }
+        output = ["--stdout"] if stdout else ["--textfile-dir", str(self.textfile_dir)]
+        cmd = [sys.executable, "-m", "collector", *output, "--host-root", str(self.tree.root),
+               "--state-dir", str(self.state_dir), *args]
+        proc = subprocess.run(cmd, capture_output=True, env=full_env, cwd=REPO, timeout=timeout,
+                              preexec_fn=preexec)  # noqa: PLW1509 - only drops privileges in one test
+        text = proc.stdout.decode() if stdout else (self.prom.read_text() if self.prom.exists() else "")
+        if check_file and text:
+            promtool_check(text)
+        return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
+                      text)
+
+
+@pytest.fixture
+def host(tmp_path: Path, fake_nvml: Path) -> Host:
+    textfile_dir = tmp_path / "textfile"
+    textfile_dir.mkdir()
+    return Host(base=tmp_path, lib=fake_nvml, tree=HostTree(tmp_path / "root"), textfile_dir=textfile_dir,
+                state_dir=tmp_path / "state")

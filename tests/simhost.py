@@ -1,0 +1,193 @@
+"""Simulated GPU hosts: a fake host tree shaped like the real files, and the stand-in NVML scenario that goes with it.
+
+Used by the tests, the benchmark and the README's demo (`python -m tests.simhost demo DIR`). The /proc files follow
+proc(5) as the kernel writes them: `stat` with 52 fields and `starttime` in field 22, NUL-separated `cmdline`,
+`comm` with a trailing newline, and `/proc/stat` with `btime`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+BTIME = 1764460000  # boot time of the simulated host (seconds since the epoch)
+CLOCK_TICKS = 100
+GIB = 1024**3
+H100 = "NVIDIA H100 80GB HBM3"
+H100_MEMORY = 80 * GIB
+
+Name = Union[str, bytes]
+
+
+def gpu_uuid(index: int) -> str:
+    return f"GPU-{index:08x}-1111-2222-3333-{index:012x}"
+
+
+def mig_uuid(index: int, slot: int) -> str:
+    return f"MIG-{index:08x}-{slot:04x}-4444-5555-{index * 16 + slot:012x}"
+
+
+def _bytes(text: Name) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
+
+
+@dataclass
+class HostTree:
+    """A directory laid out like a host's root: proc/, run/, var/ ..."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        (self.root / "proc").mkdir(parents=True, exist_ok=True)
+        (self.root / "proc" / "stat").write_text(
+            "cpu  100 0 100 1000 0 0 0 0 0 0\n"
+            f"btime {BTIME}\nprocesses 4242\nprocs_running 1\nprocs_blocked 0\n"
+        )
+
+    def add_process(
+        self,
+        pid: int,
+        comm: Name = "python3",
+        cmdline: Optional[Sequence[Name]] = None,
+        cgroup: str = "0::/user.slice/user-1000.slice/session-1.scope\n",
+        start_ticks: int = 123456,
+    ) -> None:
+        d = self.root / "proc" / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        name = _bytes(comm)
+        args = [_bytes(a) for a in (cmdline if cmdline is not None else [comm])]
+        fields = ["S", "1", str(pid), str(pid), "0", "-1", "4194304"] + ["0"] * 12
+        fields += [str(start_ticks), "1000000", "100"] + ["0"] * 28  # starttime is field 22, after 19 others
+        (d / "stat").write_bytes(b"%d (%s) " % (pid, name) + " ".join(fields).encode() + b"\n")
+        (d / "comm").write_bytes(name[:15] + b"\n")
+        (d / "cmdline").write_bytes(b"\0".join(args) + b"\0")
+        (d / "cgroup").write_text(cgroup)
+        (d / "status").write_bytes(b"Name:\t%s\nState:\tS (sleeping)\nPid:\t%d\nUid:\t0\t0\t0\t0\n" % (name, pid))
+
+    def remove_process(self, pid: int) -> None:
+        d = self.root / "proc" / str(pid)
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+
+    def write(self, relative: str, content: Union[str, bytes]) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return path
+
+
+def proc(pid: int, used: Optional[int] = GIB) -> dict[str, Any]:
+    """A process list entry; used=None plays NVML's 'not available' memory."""
+    return {"pid": pid, "used_memory": used}
+
+
+@dataclass
+class Gpu:
+    index: int
+    compute: list[dict[str, Any]] = field(default_factory=list)
+    graphics: list[dict[str, Any]] = field(default_factory=list)
+    mps: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    mig: Optional[list[dict[str, Any]]] = None  # instances, see mig_instance()
+    name: str = H100
+    memory_total: int = H100_MEMORY
+    extra_used: int = 512 * 1024**2  # driver and context memory no process accounts for
+
+    def scenario(self) -> dict[str, Any]:
+        listed = [p.get("used_memory") or 0 for p in self.compute + self.graphics + self.mps]
+        if self.mig is not None:
+            listed += [i["memory"]["used"] for i in self.mig]
+        device: dict[str, Any] = {
+            "index": self.index,
+            "uuid": gpu_uuid(self.index),
+            "name": self.name,
+            "memory": {"total": self.memory_total, "used": sum(listed) + self.extra_used},
+            "processes": {"compute": self.compute, "graphics": self.graphics, "mps": self.mps},
+            "process_samples": self.samples,
+        }
+        if self.errors:
+            device["errors"] = self.errors
+        if self.mig is not None:
+            device["mig"] = {"mode": 1, "instances": self.mig}
+        return device
+
+
+def mig_instance(
+    index: int, slot: int, gi: int, ci: int, profile: str, total_gib: int, compute: Iterable[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    procs = list(compute)
+    return {
+        "slot": slot,
+        "gpu_instance_id": gi,
+        "compute_instance_id": ci,
+        "uuid": mig_uuid(index, slot),
+        "profile": profile,
+        "memory": {"total": total_gib * GIB, "used": sum(p.get("used_memory") or 0 for p in procs)},
+        "processes": {"compute": procs},
+    }
+
+
+def scenario(gpus: Iterable[Gpu], **top: Any) -> dict[str, Any]:
+    return {"driver_version": "580.95.05", **top, "devices": [g.scenario() for g in gpus]}
+
+
+def write_scenario(path: Path, document: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(document, indent=1))
+    return path
+
+
+# ---- the README's demo: an 8-GPU node, GPUs 6 and 7 in MIG mode ----
+
+MIG_LAYOUT_7X1G = [(slot, 9 + slot, 0, "1g.10gb", 10) for slot in range(7)]
+MIG_LAYOUT_MIXED = [(0, 1, 0, "3g.40gb", 40), (3, 5, 0, "2g.20gb", 20), (5, 13, 0, "1g.10gb", 10)]
+
+
+def demo(root: Path) -> Path:
+    """Builds the demo host under root; returns the scenario path."""
+    tree = HostTree(root / "host")
+    gpus = []
+    pid = 4000
+    for index in range(6):
+        g = Gpu(index)
+        for k in range(index % 3):  # GPUs 0 and 3 idle, others 1-2 processes
+            pid += 1
+            tree.add_process(pid, "python3", ["python3", "train.py", f"--rank={index}"], start_ticks=100000 + pid)
+            g.compute.append(proc(pid, (4 + 4 * k) * GIB))
+            g.samples += [{"pid": pid, "age_s": age, "sm": 40 + 10 * k + age} for age in (3, 2, 1)]
+        gpus.append(g)
+    for index, layout in ((6, MIG_LAYOUT_7X1G), (7, MIG_LAYOUT_MIXED)):
+        instances = []
+        for n, (slot, gi, ci, profile, gib) in enumerate(layout):
+            procs = []
+            if n % 2 == 0:
+                pid += 1
+                tree.add_process(pid, "tritonserver", ["tritonserver", "--model-repository=/models"],
+                                 start_ticks=100000 + pid)
+                procs.append(proc(pid, (gib // 2) * GIB))
+            instances.append(mig_instance(index, slot, gi, ci, profile, gib, procs))
+        gpus.append(Gpu(index, mig=instances))
+    return write_scenario(root / "scenario.json", scenario(gpus))
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2 or argv[0] != "demo":
+        print("usage: python -m tests.simhost demo DIR", file=sys.stderr)
+        return 2
+    root = Path(argv[1])
+    os.makedirs(root, exist_ok=True)
+    print(demo(root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
