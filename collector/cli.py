@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Union
 
 from collector import __version__, state
 from collector.run import Options, Outcome, collect
@@ -32,7 +32,7 @@ POD_RESOURCES_SOCKET = "var/lib/kubelet/pod-resources/kubelet.sock"
 EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_LOCKED = 0, 1, 2, 3, 75
 
 # Config file keys (JSON object) and the option each one sets; the command line wins over the file.
-CONFIG_KEYS = {
+CONFIG_KEYS: dict[str, Union[type, tuple[type, ...]]] = {
     "textfile_dir": str,
     "host_root": str,
     "state_dir": str,

@@ -95,91 +95,102 @@ def render(report: Report) -> bytes:
     return exposition(_report_families(report))
 
 
-def _report_families(report: Report) -> Iterator[Metric]:
-    k8s = [report.label_prefix + name for name in ("pod", "namespace", "container")]
-    count = GaugeMetricFamily("gpu_process_count", "Processes on the GPU or MIG instance.", labels=["gpu"])
-    total = GaugeMetricFamily("gpu_total_processes", "Processes on all monitored GPUs and MIG instances.")
-    info = GaugeMetricFamily("gpu_process_info", "A process using a GPU or MIG instance (value 1).",
-                             labels=SEED_INFO_LABELS)
-    util = GaugeMetricFamily(
-        "gpu_process_utilization",
-        "Percent of the interval since the previous run the process kept the GPU's SMs busy (absent on MIG).",
-        labels=SEED_UTIL_LABELS)
-    mem_util = GaugeMetricFamily(
-        "gpu_process_memory_utilization",
-        "GPU memory held by the process, as percent of its GPU's or MIG instance's total.", labels=SEED_UTIL_LABELS)
-    mem_bytes = GaugeMetricFamily(
-        "gpu_process_memory_bytes", "GPU memory held by the process.",
-        labels=["gpu", "gpu_uuid", "pid", "command", *k8s, "owner_kind", "owner"])
-    idle = GaugeMetricFamily(
-        "gpu_process_idle_seconds",
-        "Seconds since the process last showed SM activity while holding GPU memory (0 when active).",
-        labels=["gpu", "gpu_uuid", "pid", "command", *k8s])
-    unallocated = GaugeMetricFamily(
-        "gpu_process_unallocated",
-        "1 if the process runs on a GPU or MIG instance that kubelet did not allocate to its container.",
-        labels=["gpu", "gpu_uuid", "pid", *k8s])
-    device_info = GaugeMetricFamily(
-        "gpu_device_info", "A monitored GPU or MIG instance (value 1).",
-        labels=["gpu", "gpu_uuid", "name", "mig_profile", "parent_gpu_uuid"])
-    device_total = GaugeMetricFamily("gpu_device_memory_total_bytes", "Memory of the GPU or MIG instance.",
-                                     labels=["gpu", "gpu_uuid"])
-    device_used = GaugeMetricFamily("gpu_device_memory_used_bytes", "Memory in use on the GPU or MIG instance.",
-                                    labels=["gpu", "gpu_uuid"])
-    unattributed = GaugeMetricFamily(
-        "gpu_device_unattributed_memory_bytes",
-        "Memory in use on the GPU or MIG instance that no listed process accounts for.", labels=["gpu", "gpu_uuid"])
-    gpu_up = GaugeMetricFamily("gpu_proc_collector_gpu_up", "1 if the GPU was read this run, 0 if it failed.",
-                               labels=["gpu", "gpu_uuid"])
-    dropped = GaugeMetricFamily(
-        "gpu_proc_collector_processes_dropped",
-        "PIDs NVML listed that this run could not report, by reason.", labels=["reason"])
+class _ReportFamilies:
+    """The families of a successful run, filled record by record."""
 
+    def __init__(self, label_prefix: str) -> None:
+        k8s = [label_prefix + name for name in ("pod", "namespace", "container")]
+        self.count = GaugeMetricFamily("gpu_process_count", "Processes on the GPU or MIG instance.", labels=["gpu"])
+        self.total = GaugeMetricFamily("gpu_total_processes", "Processes on all monitored GPUs and MIG instances.")
+        self.info = GaugeMetricFamily("gpu_process_info", "A process using a GPU or MIG instance (value 1).",
+                                      labels=SEED_INFO_LABELS)
+        self.util = GaugeMetricFamily(
+            "gpu_process_utilization",
+            "Percent of the interval since the previous run the process kept the GPU's SMs busy (absent on MIG).",
+            labels=SEED_UTIL_LABELS)
+        self.mem_util = GaugeMetricFamily(
+            "gpu_process_memory_utilization",
+            "GPU memory held by the process, as percent of its GPU's or MIG instance's total.",
+            labels=SEED_UTIL_LABELS)
+        self.mem_bytes = GaugeMetricFamily(
+            "gpu_process_memory_bytes", "GPU memory held by the process.",
+            labels=["gpu", "gpu_uuid", "pid", "command", *k8s, "owner_kind", "owner"])
+        self.idle = GaugeMetricFamily(
+            "gpu_process_idle_seconds",
+            "Seconds since the process last showed SM activity while holding GPU memory (0 when active).",
+            labels=["gpu", "gpu_uuid", "pid", "command", *k8s])
+        self.unallocated = GaugeMetricFamily(
+            "gpu_process_unallocated",
+            "1 if the process runs on a GPU or MIG instance that kubelet did not allocate to its container.",
+            labels=["gpu", "gpu_uuid", "pid", *k8s])
+        self.device_info = GaugeMetricFamily(
+            "gpu_device_info", "A monitored GPU or MIG instance (value 1).",
+            labels=["gpu", "gpu_uuid", "name", "mig_profile", "parent_gpu_uuid"])
+        self.device_total = GaugeMetricFamily(
+            "gpu_device_memory_total_bytes", "Memory of the GPU or MIG instance.", labels=["gpu", "gpu_uuid"])
+        self.device_used = GaugeMetricFamily(
+            "gpu_device_memory_used_bytes", "Memory in use on the GPU or MIG instance.", labels=["gpu", "gpu_uuid"])
+        self.unattributed = GaugeMetricFamily(
+            "gpu_device_unattributed_memory_bytes",
+            "Memory in use on the GPU or MIG instance that no listed process accounts for.",
+            labels=["gpu", "gpu_uuid"])
+        self.gpu_up = GaugeMetricFamily(
+            "gpu_proc_collector_gpu_up", "1 if the GPU was read this run, 0 if it failed.", labels=["gpu", "gpu_uuid"])
+        self.dropped = GaugeMetricFamily(
+            "gpu_proc_collector_processes_dropped",
+            "PIDs NVML listed that this run could not report, by reason.", labels=["reason"])
+
+    def add_process(self, record: ProcessRecord) -> None:
+        proc, device, owner = record.gpu, record.gpu.device, record.owner
+        gpu, pid, command = device.label, str(proc.pid), record.host.name
+        k8s = [owner.pod, owner.namespace, owner.container]
+        self.info.add_metric([gpu, pid, command, *k8s, status(record), gpu_memory_label(proc.used_memory)], 1.0)
+        seed_labels = [gpu, pid, command, owner.pod, owner.namespace]
+        if proc.sm_utilization is not None:
+            self.util.add_metric(seed_labels, round(proc.sm_utilization, 4))
+        percent = memory_percent(proc.used_memory, device.memory_total)
+        if percent is not None:
+            self.mem_util.add_metric(seed_labels, percent)
+        if proc.used_memory is not None:
+            self.mem_bytes.add_metric([gpu, device.uuid, pid, command, *k8s, owner.kind, owner.name],
+                                      float(proc.used_memory))
+        if record.idle_seconds is not None:
+            self.idle.add_metric([gpu, device.uuid, pid, command, *k8s], round(record.idle_seconds, 3))
+        if owner.kind == "pod" or record.unallocated:
+            self.unallocated.add_metric([gpu, device.uuid, pid, *k8s], 1.0 if record.unallocated else 0.0)
+
+    def add_device(self, device: Device, processes: int, accounted: int) -> None:
+        ids = [device.label, device.uuid]
+        self.count.add_metric([device.label], float(processes))
+        self.device_info.add_metric([*ids, device.name, device.mig.profile if device.mig else "",
+                                     device.mig.parent_uuid if device.mig else ""], 1.0)
+        if device.memory_total is not None:
+            self.device_total.add_metric(ids, float(device.memory_total))
+        if device.memory_used is not None:
+            self.device_used.add_metric(ids, float(device.memory_used))
+            self.unattributed.add_metric(ids, float(max(0, device.memory_used - accounted)))
+
+
+def _report_families(report: Report) -> Iterator[Metric]:
+    f = _ReportFamilies(report.label_prefix)
     per_device: dict[str, int] = {d.label: 0 for d in report.devices}
     accounted: dict[str, int] = {d.label: 0 for d in report.devices}
     for record in report.records:
-        proc, device, owner = record.gpu, record.gpu.device, record.owner
-        gpu, pid, command = device.label, str(proc.pid), record.host.name
-        per_device[gpu] += 1
-        accounted[gpu] += proc.used_memory or 0
-        info.add_metric([gpu, pid, command, owner.pod, owner.namespace, owner.container, status(record),
-                         gpu_memory_label(proc.used_memory)], 1.0)
-        seed_labels = [gpu, pid, command, owner.pod, owner.namespace]
-        if proc.sm_utilization is not None:
-            util.add_metric(seed_labels, round(proc.sm_utilization, 4))
-        percent = memory_percent(proc.used_memory, device.memory_total)
-        if percent is not None:
-            mem_util.add_metric(seed_labels, percent)
-        k8s_values = [owner.pod, owner.namespace, owner.container]
-        if proc.used_memory is not None:
-            mem_bytes.add_metric([gpu, device.uuid, pid, command, *k8s_values, owner.kind, owner.name],
-                                 float(proc.used_memory))
-        if record.idle_seconds is not None:
-            idle.add_metric([gpu, device.uuid, pid, command, *k8s_values], round(record.idle_seconds, 3))
-        if owner.kind == "pod" or record.unallocated:
-            unallocated.add_metric([gpu, device.uuid, pid, *k8s_values], 1.0 if record.unallocated else 0.0)
-
+        f.add_process(record)
+        per_device[record.gpu.device.label] += 1
+        accounted[record.gpu.device.label] += record.gpu.used_memory or 0
     for device in report.devices:
-        count.add_metric([device.label], float(per_device[device.label]))
-        device_info.add_metric([device.label, device.uuid, device.name, device.mig.profile if device.mig else "",
-                                device.mig.parent_uuid if device.mig else ""], 1.0)
-        if device.memory_total is not None:
-            device_total.add_metric([device.label, device.uuid], float(device.memory_total))
-        if device.memory_used is not None:
-            device_used.add_metric([device.label, device.uuid], float(device.memory_used))
-            unattributed.add_metric([device.label, device.uuid],
-                                    float(max(0, device.memory_used - accounted[device.label])))
-    total.add_metric([], float(sum(per_device.values())))
-    gpu_ids = {(d.index, d.mig.parent_uuid if d.mig else d.uuid) for d in report.devices}
-    for index, uuid in sorted(gpu_ids):
-        gpu_up.add_metric([str(index), uuid], 1.0)
+        f.add_device(device, per_device[device.label], accounted[device.label])
+    f.total.add_metric([], float(sum(per_device.values())))
+    for index, uuid in sorted({(d.index, d.mig.parent_uuid if d.mig else d.uuid) for d in report.devices}):
+        f.gpu_up.add_metric([str(index), uuid], 1.0)
     for failed in report.failed_gpus:
-        gpu_up.add_metric([str(failed.index), failed.uuid], 0.0)
+        f.gpu_up.add_metric([str(failed.index), failed.uuid], 0.0)
     for reason, n in sorted(report.dropped.items()):
-        dropped.add_metric([reason], float(n))
+        f.dropped.add_metric([reason], float(n))
 
-    yield from (count, total, info, util, mem_util, mem_bytes, idle, unallocated, device_info, device_total,
-                device_used, unattributed)
+    yield from (f.count, f.total, f.info, f.util, f.mem_util, f.mem_bytes, f.idle, f.unallocated, f.device_info,
+                f.device_total, f.device_used, f.unattributed)
     yield from self_metrics(True, report.timestamp, report.duration, report.driver_version)
-    yield from (gpu_up, dropped)
+    yield from (f.gpu_up, f.dropped)
     yield from report.extra

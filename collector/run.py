@@ -116,7 +116,6 @@ def _idle_seconds(
         return None
     key = process_key(proc.device.uuid, proc.pid, host.start_time)
     last = now if proc.active else before.get(key, now)
-    if last > now:  # the clock stepped back since that run
-        last = now
+    last = min(last, now)  # the clock may have stepped back since that run
     after[key] = last
     return now - last

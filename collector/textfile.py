@@ -6,6 +6,7 @@ crash the renamed file could be empty, and under a strict umask node_exporter (u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -29,10 +30,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     _fsync_directory(directory)
 

@@ -123,7 +123,7 @@ class Gpu:
 
 
 def mig_instance(
-    index: int, slot: int, gi: int, ci: int, profile: str, total_gib: int, compute: Iterable[dict[str, Any]] = ()
+    index: int, *, slot: int, gi: int, ci: int, profile: str, total_gib: int, compute: Iterable[dict[str, Any]] = ()
 ) -> dict[str, Any]:
     procs = list(compute)
     return {
@@ -174,7 +174,9 @@ def demo(root: Path) -> Path:
                 tree.add_process(pid, "tritonserver", ["tritonserver", "--model-repository=/models"],
                                  start_ticks=100000 + pid)
                 procs.append(proc(pid, (gib // 2) * GIB))
-            instances.append(mig_instance(index, slot, gi, ci, profile, gib, procs))
+            instances.append(
+                mig_instance(index, slot=slot, gi=gi, ci=ci, profile=profile, total_gib=gib, compute=procs)
+            )
         gpus.append(Gpu(index, mig=instances))
     return write_scenario(root / "scenario.json", scenario(gpus))
 

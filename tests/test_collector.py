@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -141,7 +142,7 @@ def test_every_gpu_lost_writes_up_0_without_process_series(host: Host) -> None:
     result = host.run(scenario([Gpu(0, compute=[proc(801)], errors={"*": "NVML_ERROR_GPU_IS_LOST"})]))
     assert result.returncode == 1
     assert result.value("gpu_proc_collector_up") == 0
-    assert not any(result.series(name) for name in PROCESS_FAMILIES + ["gpu_process_count"])
+    assert not any(result.series(name) for name in [*PROCESS_FAMILIES, "gpu_process_count"])
 
 
 def test_nvml_init_failure_keeps_the_last_success_and_drops_stale_processes(host: Host) -> None:
@@ -150,7 +151,8 @@ def test_nvml_init_failure_keeps_the_last_success_and_drops_stale_processes(host
     last_success = good.value("gpu_proc_collector_last_success_timestamp_seconds")
     assert good.series("gpu_process_info")
 
-    failed = host.run(scenario([Gpu(0, compute=[proc(901)])], errors={"nvmlInitWithFlags": "NVML_ERROR_DRIVER_NOT_LOADED"}))
+    broken = scenario([Gpu(0, compute=[proc(901)])], errors={"nvmlInitWithFlags": "NVML_ERROR_DRIVER_NOT_LOADED"})
+    failed = host.run(broken)
 
     assert failed.returncode == 1
     assert "NVML init failed" in failed.stderr
@@ -158,7 +160,7 @@ def test_nvml_init_failure_keeps_the_last_success_and_drops_stale_processes(host
     assert len(failed.stderr.strip().splitlines()) == 1
     assert failed.value("gpu_proc_collector_up") == 0
     assert failed.value("gpu_proc_collector_last_success_timestamp_seconds") == last_success
-    assert not any(failed.series(name) for name in PROCESS_FAMILIES + ["gpu_process_count", "gpu_total_processes"])
+    assert not any(failed.series(name) for name in [*PROCESS_FAMILIES, "gpu_process_count", "gpu_total_processes"])
 
 
 def test_no_nvml_library_at_all_is_a_failed_run_with_a_clear_reason(host: Host, tmp_path: Path) -> None:
@@ -305,8 +307,6 @@ def test_config_file_sets_options_and_rejects_unknown_keys(host: Host, tmp_path:
 
 
 def test_a_second_run_while_one_holds_the_lock_exits_at_once(host: Host) -> None:
-    import fcntl
-
     host.state_dir.mkdir()
     with open(host.state_dir / "lock", "a") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
