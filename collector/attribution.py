@@ -1,25 +1,143 @@
-"""Joins a GPU process to its owner. (Foundation: every process is a host process; see the attribution issue.)"""
+"""Joins a GPU process to its owner, from local sources only, and cross-checks it against kubelet's allocation.
+
+cgroup path -> (pod UID, container id) -> runtime metadata -> (namespace, pod, container) -> pod-resources
+allocation. A pod's process on a GPU or MIG instance kubelet did not allocate to its container is flagged
+(`NVIDIA_VISIBLE_DEVICES=all` and similar escapes), and so is any non-pod process on a device kubelet handed to a
+container.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Optional
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from collector.cgroups import parse_cgroup
 from collector.model import Device, HostProcess, Owner
+from collector.podresources import (
+    ContainerAllocation,
+    DeviceRef,
+    PodResourcesUnavailable,
+    allocations,
+    list_pod_resources,
+)
+from collector.runtimes import RuntimeMetadata
 
 if TYPE_CHECKING:
     from collector.run import Options
 
+log = logging.getLogger(__name__)
+
+
+def resolve(ref: DeviceRef, devices: Sequence[Device]) -> set[str]:
+    """The labels of this host's units a device id stands for (a whole GPU allocated on a MIG GPU: all of it)."""
+    def parent(d: Device) -> str:
+        return d.mig.parent_uuid if d.mig else d.uuid
+
+    if ref.uuid:
+        if ref.gpu_instance is not None:  # old-style MIG-GPU-<uuid>/<gi>/<ci>
+            return {d.label for d in devices if d.mig and parent(d) == ref.uuid
+                    and d.mig.gpu_instance_id == ref.gpu_instance
+                    and ref.compute_instance in (None, d.mig.compute_instance_id)}
+        exact = {d.label for d in devices if d.uuid == ref.uuid}
+        return exact or {d.label for d in devices if parent(d) == ref.uuid}
+    if ref.index is not None:
+        return {d.label for d in devices if d.index == ref.index
+                and (ref.gpu_instance is None or (d.mig is not None and d.mig.gpu_instance_id == ref.gpu_instance))}
+    return set()
+
+
+class AllocationIndex:
+    def __init__(self, containers: Iterable[ContainerAllocation], devices: Sequence[Device]) -> None:
+        self.by_container: dict[tuple[str, str, str], set[str]] = {}
+        self.by_pod: dict[tuple[str, str], set[str]] = {}
+        self.allocated: set[str] = set()
+        for c in containers:
+            labels: set[str] = set()
+            for ref in c.devices:
+                found = resolve(ref, devices)
+                if not found:
+                    log.debug("pod %s/%s: device %s is not on this host's monitored GPUs", c.namespace, c.pod, ref.raw)
+                labels |= found
+            self.by_container.setdefault((c.namespace, c.pod, c.container), set()).update(labels)
+            self.by_pod.setdefault((c.namespace, c.pod), set()).update(labels)
+            self.allocated |= labels
+
+    def allowed(self, owner: Owner) -> set[str]:
+        if owner.container:
+            return self.by_container.get((owner.namespace, owner.pod, owner.container), set())
+        return self.by_pod.get((owner.namespace, owner.pod), set())
+
 
 class Attributor:
+    def __init__(self, options: Options, devices: Sequence[Device]) -> None:
+        self.options = options
+        self.devices = devices
+        self.metadata = RuntimeMetadata(options.host_root)
+        self._index: Optional[AllocationIndex] = None
+        self._api_called = False
+        self._api_error = ""
+
     @classmethod
     def for_host(cls, options: Options, devices: Sequence[Device]) -> Attributor:
-        return cls()
+        return cls(options, devices)
 
-    def attribute(self, host: HostProcess, device: Device) -> tuple[Owner, bool]:
-        return Owner(), False
+    @property
+    def index(self) -> Optional[AllocationIndex]:
+        """kubelet's allocation, from one List call made the first time it is needed; None if unavailable."""
+        if not self._api_called:
+            self._api_called = True
+            socket = self.options.pod_resources_socket
+            try:
+                if not socket:
+                    raise PodResourcesUnavailable("no pod-resources socket configured")
+                response = list_pod_resources(socket, self.options.pod_resources_timeout)
+                self._index = AllocationIndex(allocations(response, self.options.resource_names), self.devices)
+            except PodResourcesUnavailable as err:
+                self._api_error = str(err)
+                log.info("kubelet pod-resources API unavailable, allocation not cross-checked: %s", err)
+        return self._index
+
+    def attribute(self, host: HostProcess, device: Device) -> tuple[Owner, Optional[bool]]:
+        """The owner of the process, and whether it runs on a device kubelet did not give it (None: unknown)."""
+        cg = parse_cgroup(host.cgroup)
+        index = self.index
+        if cg.kind != "pod":
+            name = self.metadata.docker_name(cg.container_id) if cg.kind == "docker" else cg.name
+            owner = Owner(kind=cg.kind, name=name, container_id=cg.container_id)
+            if index is None:
+                return owner, None
+            return owner, True if device.label in index.allocated else None
+        meta = self.metadata.lookup(cg.container_id, cg.runtime, cg.pod_uid)
+        if meta is None:
+            log.info("pid %d: pod %s container %s not found in any runtime's metadata", host.pid, cg.pod_uid,
+                     cg.container_id[:12] or "-")
+            return Owner(kind="pod", name=cg.pod_uid, pod_uid=cg.pod_uid, container_id=cg.container_id), None
+        owner = Owner(
+            kind="pod",
+            name=f"{meta.namespace}/{meta.pod}",
+            pod=meta.pod,
+            namespace=meta.namespace,
+            container="" if cg.name == "crio-conmon" else meta.container,  # conmon supervises, it is not the workload
+            pod_uid=cg.pod_uid or meta.pod_uid,
+            container_id=cg.container_id,
+        )
+        return owner, None if index is None else device.label not in index.allowed(owner)
 
     def self_metrics(self) -> list[Metric]:
-        return []
+        families: list[Metric] = []
+        if self._api_called:
+            up = GaugeMetricFamily(
+                "gpu_proc_collector_pod_resources_up",
+                "1 if kubelet's pod-resources List answered this run, 0 if not (allocation not cross-checked).")
+            up.add_metric([], 1.0 if self._index is not None else 0.0)
+            families.append(up)
+        misses = GaugeMetricFamily(
+            "gpu_proc_collector_metadata_misses",
+            "Container lookups this run that found no usable runtime metadata file, by reason.", labels=["reason"])
+        for reason in ("corrupt", "not_found"):
+            misses.add_metric([reason], float(self.metadata.misses.get(reason, 0)))
+        families.append(misses)
+        return families

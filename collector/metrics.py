@@ -156,7 +156,7 @@ class _ReportFamilies:
                                       float(proc.used_memory))
         if record.idle_seconds is not None:
             self.idle.add_metric([gpu, device.uuid, pid, command, *k8s], round(record.idle_seconds, 3))
-        if owner.kind == "pod" or record.unallocated:
+        if record.unallocated is not None:
             self.unallocated.add_metric([gpu, device.uuid, pid, *k8s], 1.0 if record.unallocated else 0.0)
 
     def add_device(self, device: Device, processes: int, accounted: int) -> None:

@@ -90,4 +90,6 @@ class ProcessRecord:
     host: HostProcess
     owner: Owner
     idle_seconds: Optional[float] = None
-    unallocated: bool = False
+    # True: on a device kubelet did not allocate to it; None: not known (no pod-resources answer, not a pod's
+    # process on an unallocated device)
+    unallocated: Optional[bool] = None

@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -84,6 +86,10 @@ class Host:
     state_dir: Path
 
     @property
+    def socket(self) -> Path:
+        return self.tree.root / "var/lib/kubelet/pod-resources/kubelet.sock"
+
+    @property
     def prom(self) -> Path:
         return self.textfile_dir / "gpu_processes.prom"
 
@@ -118,8 +124,11 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path, fake_nvml: Path) -> Host:
+def host(tmp_path: Path, fake_nvml: Path) -> Iterator[Host]:
     textfile_dir = tmp_path / "textfile"
     textfile_dir.mkdir()
-    return Host(base=tmp_path, lib=fake_nvml, tree=HostTree(tmp_path / "root"), textfile_dir=textfile_dir,
-                state_dir=tmp_path / "state")
+    # A short host root: the pod-resources socket under it must fit a unix socket path (108 bytes).
+    root = Path(tempfile.mkdtemp(prefix="gpc-", dir="/tmp"))
+    yield Host(base=tmp_path, lib=fake_nvml, tree=HostTree(root), textfile_dir=textfile_dir,
+               state_dir=tmp_path / "state")
+    shutil.rmtree(root, ignore_errors=True)

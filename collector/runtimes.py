@@ -1,0 +1,179 @@
+"""Container id -> pod name, namespace, UID and container name, from the container runtime's files on disk.
+
+No API server, no runtime socket: the files every runtime already keeps under the host root.
+- containerd: task bundles' OCI `config.json` annotations (io.kubernetes.cri.*), in every state dir that exists:
+  `run/containerd` (kubeadm, most distributions), `run/k3s/containerd` (k3s, RKE2) and microk8s' snap path.
+- CRI-O: `config.json` in its run and graph roots; kubelet's labels are copied there as annotations.
+- docker (cri-dockerd, or plain docker): `var/lib/docker/containers/<id>/config.v2.json`, `Config.Labels`.
+- kubelet's `var/log/pods/<namespace>_<pod>_<uid>/<container>/`: names a pod from its UID when no runtime file has
+  the container (any runtime; the directory names are DNS-1123 names, which have no `_`).
+A missing, unreadable or corrupt file is a counted miss for that process, never a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+CONTAINERD_STATE_DIRS = (
+    "run/containerd",
+    "run/k3s/containerd",
+    "var/snap/microk8s/common/run/containerd",
+)
+CONTAINERD_TASKS = "io.containerd.runtime.v2.task/k8s.io"
+CRIO_ROOTS = ("run/containers/storage/overlay-containers", "var/lib/containers/storage/overlay-containers")
+DOCKER_CONTAINERS = "var/lib/docker/containers"
+POD_LOGS = "var/log/pods"
+MAX_METADATA_BYTES = 4 << 20  # an OCI config.json is a few KiB; anything this large is not one
+
+# (pod name, namespace, pod UID, container name) annotation keys
+CONTAINERD_KEYS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.sandbox-namespace",
+                   "io.kubernetes.cri.sandbox-uid", "io.kubernetes.cri.container-name")
+KUBELET_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid",
+                "io.kubernetes.container.name")
+
+
+@dataclass(frozen=True)
+class ContainerMeta:
+    pod: str
+    namespace: str
+    pod_uid: str
+    container: str
+    source: str  # containerd, k3s, crio, docker, pod-logs
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _read_json(path: str) -> Optional[dict[str, Any]]:
+    """The JSON object in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_METADATA_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _Corrupt(f"unreadable: {err.strerror}") from None
+    if len(raw) > MAX_METADATA_BYTES:
+        raise _Corrupt("larger than 4 MiB")
+    try:
+        document = json.loads(raw)
+    except ValueError as err:
+        raise _Corrupt(f"not JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise _Corrupt("not a JSON object")
+    return document
+
+
+def _strings(mapping: Any, keys: tuple[str, str, str, str]) -> Optional[tuple[str, str, str, str]]:
+    if not isinstance(mapping, dict):
+        return None
+    pod, namespace, uid, container = (mapping.get(k) for k in keys)
+    if not isinstance(pod, str) or not isinstance(namespace, str) or not pod or not namespace:
+        return None
+    return pod, namespace, uid if isinstance(uid, str) else "", container if isinstance(container, str) else ""
+
+
+class RuntimeMetadata:
+    """Looks containers up in one host's runtime files; results and the pod-log index are cached for the run."""
+
+    def __init__(self, host_root: str) -> None:
+        self.host_root = host_root
+        self.misses: Counter[str] = Counter()
+        self._cache: dict[str, Optional[ContainerMeta]] = {}
+        self._pod_logs: Optional[dict[str, tuple[str, str, list[str]]]] = None
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.host_root, *parts)
+
+    def lookup(self, container_id: str, runtime: str = "", pod_uid: str = "") -> Optional[ContainerMeta]:
+        """The container's pod; falls back to the pod-log directories by pod UID. None when nothing names it."""
+        key = f"{container_id}/{runtime}/{pod_uid}"
+        if key not in self._cache:
+            self._cache[key] = self._lookup(container_id, runtime, pod_uid)
+        return self._cache[key]
+
+    def _lookup(self, container_id: str, runtime: str, pod_uid: str) -> Optional[ContainerMeta]:
+        if container_id and all(c in "0123456789abcdef" for c in container_id):
+            for source, path, keys in self._candidates(container_id, runtime):
+                try:
+                    document = _read_json(path)
+                except _Corrupt as err:
+                    log.warning("container %s: %s %s", container_id[:12], path, err)
+                    self.misses["corrupt"] += 1
+                    continue
+                if document is None:
+                    continue
+                labels = (document.get("Config") or {}).get("Labels") if source == "docker" else \
+                    document.get("annotations")
+                found = _strings(labels, keys)
+                if found is None:
+                    continue
+                return ContainerMeta(pod=found[0], namespace=found[1], pod_uid=found[2] or pod_uid,
+                                     container=found[3], source=source)
+        if pod_uid:
+            from_logs = self.pod_from_logs(pod_uid)
+            if from_logs is not None:
+                return from_logs
+        self.misses["not_found"] += 1
+        return None
+
+    def _candidates(self, container_id: str, runtime: str) -> list[tuple[str, str, tuple[str, str, str, str]]]:
+        containerd = [
+            ("k3s" if "k3s" in state else "microk8s" if "microk8s" in state else "containerd",
+             self._path(state, CONTAINERD_TASKS, container_id, "config.json"), CONTAINERD_KEYS)
+            for state in CONTAINERD_STATE_DIRS
+        ]
+        crio = [("crio", self._path(root, container_id, "userdata", "config.json"), KUBELET_KEYS)
+                for root in CRIO_ROOTS]
+        docker = [("docker", self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"), KUBELET_KEYS)]
+        if runtime == "crio":
+            return crio + containerd + docker
+        if runtime == "docker":
+            return docker + containerd + crio
+        return containerd + crio + docker
+
+    def pod_from_logs(self, pod_uid: str) -> Optional[ContainerMeta]:
+        if self._pod_logs is None:
+            self._pod_logs = self._index_pod_logs()
+        entry = self._pod_logs.get(pod_uid)
+        if entry is None:
+            return None
+        namespace, pod, containers = entry
+        # With one container the name is certain; with several, the log directories cannot say which.
+        container = containers[0] if len(containers) == 1 else ""
+        return ContainerMeta(pod=pod, namespace=namespace, pod_uid=pod_uid, container=container, source="pod-logs")
+
+    def _index_pod_logs(self) -> dict[str, tuple[str, str, list[str]]]:
+        index: dict[str, tuple[str, str, list[str]]] = {}
+        try:
+            entries = list(os.scandir(self._path(POD_LOGS)))
+        except OSError:
+            return index
+        for entry in entries:
+            parts = entry.name.split("_")
+            if len(parts) != 3 or not entry.is_dir():
+                continue
+            namespace, pod, uid = parts
+            try:
+                containers = sorted(c.name for c in os.scandir(entry.path) if c.is_dir())
+            except OSError:
+                containers = []
+            index[uid] = (namespace, pod, containers)
+        return index
+
+    def docker_name(self, container_id: str) -> str:
+        """A plain docker container's name (`Name` without its leading slash), or its short id."""
+        try:
+            document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"))
+        except _Corrupt:
+            document = None
+        name = document.get("Name") if document else None
+        return name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
