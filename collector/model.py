@@ -64,7 +64,6 @@ class HostProcess:
 
     pid: int
     name: str
-    cmdline: tuple[str, ...]
     start_time: float  # seconds since the epoch (stat starttime + btime); with the PID, names the process across runs
     cgroup: str  # raw /proc/<pid>/cgroup text, "" when unreadable
 

@@ -45,10 +45,6 @@ def describe(pid: int) -> Optional[HostProcess]:
         with proc.oneshot():
             start = proc.create_time()
             name = proc.name()
-            try:
-                cmdline = tuple(proc.cmdline())
-            except psutil.AccessDenied:
-                cmdline = ()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied as err:
@@ -57,7 +53,6 @@ def describe(pid: int) -> Optional[HostProcess]:
     return HostProcess(
         pid=pid,
         name=printable(name),
-        cmdline=tuple(printable(arg) for arg in cmdline),
         start_time=start,
         cgroup=read_cgroup(pid),
     )
