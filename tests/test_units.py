@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from collector import podresources_v1_pb2 as api
 from collector import state
 from collector.attribution import resolve
 from collector.cli import UsageError, parse_devices
@@ -130,8 +131,6 @@ def test_runtime_metadata_rejects_ids_that_are_not_hex(tmp_path: Path) -> None:
 
 
 def test_the_generated_pod_resources_module_has_kubelets_field_numbers() -> None:
-    from collector import podresources_v1_pb2 as api
-
     def numbers(message: str) -> dict[str, int]:
         return {f.name: f.number for f in api.DESCRIPTOR.message_types_by_name[message].fields}
 
