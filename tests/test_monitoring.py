@@ -1,0 +1,270 @@
+"""The metrics through the real Debian node_exporter and Prometheus: the seed's queries, the dashboard's panels and
+the recording rules answer what the scenario implies; vanished processes vanish; the alert rules pass promtool."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+import requests
+
+from tests.conftest import REPO, Host, require_tool
+from tests.podsim import PodHost, pod_resources_server
+from tests.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
+
+RULES = REPO / "monitoring/prometheus/gpu-proc-collector.rules.yml"
+DASHBOARD = REPO / "monitoring/grafana/gpu-proc-collector.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    prometheus: str
+    node_exporter: str
+    textfile_dir: Path
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", (expr, body)
+        return list(body["data"]["result"])
+
+    def by(self, expr: str, label: str) -> dict[str, float]:
+        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr)}
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.25)
+        pytest.fail(f"timed out waiting for {what}")
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args} exited {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not come up")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    node_exporter = require_tool("prometheus-node-exporter")
+    prometheus = require_tool("prometheus")
+    work = Path(tempfile.mkdtemp(prefix="gpc-mon-"))
+    textfile_dir = work / "textfile"
+    textfile_dir.mkdir()
+    ne_port, prom_port = free_port(), free_port()
+    config = work / "prometheus.yml"
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "node", "honor_labels": True,
+                            "static_configs": [{"targets": [f"127.0.0.1:{ne_port}"]}]}],
+    }))
+    procs = [
+        subprocess.Popen([node_exporter, "--collector.disable-defaults", "--collector.textfile",
+                          f"--collector.textfile.directory={textfile_dir}",
+                          f"--web.listen-address=127.0.0.1:{ne_port}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+        subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
+                          f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+    ]
+    try:
+        _wait_http(f"http://127.0.0.1:{ne_port}/metrics", procs[0])
+        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", procs[1])
+        yield Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{ne_port}", textfile_dir)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+@dataclass(frozen=True)
+class Workload:
+    pid: int
+    unit: str  # the seed's gpu label
+    namespace: str
+    pod: str
+    used_gib: int
+    sm: tuple[int, ...] = ()  # SM % samples in the interval; () = none (idle)
+    allocated_to: Optional[str] = None  # device id kubelet allocated to the pod
+
+    @property
+    def mig(self) -> bool:
+        return "_" in self.unit
+
+
+# A node: GPU 0 a training pod (and a pod that sneaked onto it), GPU 1 time-sliced by two notebooks, GPU 2 a host
+# process, GPU 3 idle, GPU 4 in MIG mode with three instances, one idle.
+MIG_UNITS = {"4_1_0": (0, 40, "3g.40gb"), "4_5_0": (3, 10, "1g.10gb"), "4_13_0": (5, 10, "1g.10gb")}
+WORKLOADS = [
+    Workload(100, "0", "ml", "train-a", 60, (80, 60), gpu_uuid(0)),
+    Workload(101, "0", "ml", "sneaky", 2, (10,), gpu_uuid(2)),
+    Workload(110, "1", "ml", "nb-0", 8, (20,), f"{gpu_uuid(1)}::0"),
+    Workload(111, "1", "ml", "nb-1", 70, (), f"{gpu_uuid(1)}::1"),
+    Workload(120, "2", "", "", 1),
+    Workload(130, "4_1_0", "vision", "detector", 36, (), mig_uuid(4, 0)),
+    Workload(131, "4_5_0", "vision", "ocr", 2, (), mig_uuid(4, 3)),
+]
+UNITS = ["0", "1", "2", "3", *MIG_UNITS]
+
+
+def unit_total_gib(unit: str) -> int:
+    return MIG_UNITS[unit][1] if unit in MIG_UNITS else H100_MEMORY // GIB
+
+
+def build(host: Host, workloads: list[Workload]) -> tuple[dict[str, Any], PodHost]:
+    k8s = PodHost(host.tree)
+    for w in workloads:
+        if not w.pod:
+            host.tree.add_process(w.pid, "nvidia-smi", cgroup="0::/user.slice/user-1000.slice/session-2.scope\n")
+            continue
+        pod = k8s.add_pod(w.namespace, w.pod)
+        if w.allocated_to:
+            resource = "nvidia.com/mig-1g.10gb" if w.mig else "nvidia.com/gpu"
+            pod.containers[0].devices.append((resource, [w.allocated_to]))
+        k8s.add_process(w.pid, pod)
+    gpus = []
+    for index in range(4):
+        mine = [w for w in workloads if w.unit == str(index)]
+        samples = [{"pid": w.pid, "age_s": 1 + n, "sm": sm} for w in mine for n, sm in enumerate(w.sm)]
+        gpus.append(Gpu(index, compute=[proc(w.pid, w.used_gib * GIB) for w in mine], samples=samples))
+    instances = []
+    for unit, (slot, size, profile) in MIG_UNITS.items():
+        gi, ci = (int(x) for x in unit.split("_")[1:])
+        mine = [proc(w.pid, w.used_gib * GIB) for w in workloads if w.unit == unit]
+        instances.append(mig_instance(4, slot=slot, gi=gi, ci=ci, profile=profile, total_gib=size, compute=mine))
+    gpus.append(Gpu(4, mig=instances))
+    return scenario(gpus), k8s
+
+
+def allocated_unit(w: Workload) -> Optional[str]:
+    if w.allocated_to is None:
+        return None
+    base = w.allocated_to.split("::")[0]
+    units = {gpu_uuid(i): str(i) for i in range(4)}
+    units.update({mig_uuid(4, slot): unit for unit, (slot, _, _) in MIG_UNITS.items()})
+    return units.get(base)
+
+
+def expected_unallocated(workloads: list[Workload]) -> set[str]:
+    """A pod's process off its allocated unit; a host process on a unit allocated to some pod."""
+    allocated = {allocated_unit(w) for w in workloads} - {None}
+    return {str(w.pid) for w in workloads
+            if (w.pod and allocated_unit(w) != w.unit) or (not w.pod and w.unit in allocated)}
+
+
+def expected_counts(workloads: list[Workload]) -> dict[str, float]:
+    return {u: float(sum(1 for w in workloads if w.unit == u)) for u in UNITS}
+
+
+def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(host: Host, stack: Stack) -> None:
+    host.textfile_dir = stack.textfile_dir
+    document, k8s = build(host, WORKLOADS)
+    with pod_resources_server(host.socket, k8s.pods):
+        result = host.run(document)
+    assert result.returncode == 0, result.stderr
+    stack.wait(lambda: bool(stack.query("gpu_total_processes")), "the first scrape")
+
+    assert stack.by("sum by (gpu) (gpu_process_count)", "gpu") == expected_counts(WORKLOADS)
+
+    measurable = [w for w in WORKLOADS if not w.mig]
+    namespaces = {w.namespace for w in measurable}
+    expected_util = {ns: sum(sum(w.sm) / len(w.sm) if w.sm else 0.0 for w in measurable if w.namespace == ns)
+                     / sum(1 for w in measurable if w.namespace == ns) for ns in namespaces}
+    assert stack.by("avg by (namespace) (gpu_process_utilization)", "namespace") == pytest.approx(expected_util)
+
+    active = {w.pod: 1.0 for w in WORKLOADS if any(w.sm)}
+    assert stack.by('count by (pod) (gpu_process_info{status="active"})', "pod") == active
+
+    high = {str(w.pid): 100.0 * w.used_gib / unit_total_gib(w.unit) for w in WORKLOADS
+            if 100.0 * w.used_gib / unit_total_gib(w.unit) > 80}
+    assert stack.by("gpu_process_memory_utilization > 80", "pid") == pytest.approx(high)
+    assert len(high) == 2  # the scenario is built so that the threshold separates something
+
+    assert set(stack.by("gpu_process_unallocated == 1", "pid")) == expected_unallocated(WORKLOADS) == {"101", "120"}
+
+    assert stack.query("node_textfile_scrape_error")[0]["value"][1] == "0"
+    assert stack.query('node_textfile_mtime_seconds{file=~".*gpu_processes.prom"}')
+
+    ml_bytes = float(sum(w.used_gib for w in WORKLOADS if w.namespace == "ml") * GIB)
+    stack.wait(lambda: bool(stack.query("namespace:gpu_process_memory_bytes:sum")), "the recording rules")
+    assert stack.by("namespace:gpu_process_memory_bytes:sum", "namespace")["ml"] == ml_bytes
+
+    for title, expr in dashboard_queries():
+        assert stack.query(expr), f"panel {title!r}: {expr} returned no series"
+
+    # A second run with two processes gone: their series vanish from Prometheus at the next scrape.
+    fewer = [w for w in WORKLOADS if w.pid not in (101, 111)]
+    document, k8s = build(host, fewer)
+    for pid in (101, 111):
+        host.tree.remove_process(pid)
+    with pod_resources_server(host.socket, k8s.pods):
+        result = host.run(document)
+    assert result.returncode == 0, result.stderr
+    stack.wait(lambda: float(stack.query("gpu_total_processes")[0]["value"][1]) == len(fewer), "the second scrape")
+    for pid in ("101", "111"):
+        for family in ("gpu_process_info", "gpu_process_utilization", "gpu_process_memory_bytes"):
+            assert stack.query(f'{family}{{pid="{pid}"}}') == []
+    assert stack.by("sum by (gpu) (gpu_process_count)", "gpu") == expected_counts(fewer)
+    assert set(stack.by("gpu_process_unallocated == 1", "pid")) == expected_unallocated(fewer) == set()
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$node", ".*").replace("$namespace", ".*")
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def test_dashboard_has_the_seed_panels_and_template_variables() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert any("gpu_process_count" in e for e in exprs)
+    assert any(e.startswith("avg by (namespace) (gpu_process_utilization") for e in exprs)
+    assert any(e.startswith("gpu_process_memory_utilization") for e in exprs)
+    assert {p["type"] for p in dashboard["panels"]} >= {"timeseries", "heatmap", "table"}
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert {"node", "namespace"} <= set(variables)
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+
+
+def test_alert_rules_pass_promtool_unit_tests() -> None:
+    promtool = require_tool("promtool")
+    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run([promtool, "test", "rules", "gpu-proc-collector.rules.test.yml"], capture_output=True,
+                           text=True, cwd=RULES.parent, check=False)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
