@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# A booted systemd guest for Molecule: a debootstrapped Debian 12 root (cached, rebuilt when missing), an overlay
+# per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
+# a loopback port. Why nspawn: it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not
+# available and qemu under TCG is ~7x slower (TESTBED.md).
+#
+#   guest.sh create NAME PORT PUBKEY   boot a guest whose sshd listens on 127.0.0.1:PORT
+#   guest.sh destroy NAME              stop it and remove its overlay
+set -euo pipefail
+
+CACHE="${GPC_GUEST_CACHE:-/var/cache/gpu-proc-collector-molecule}"
+RUNDIR="${GPC_GUEST_RUNDIR:-/var/tmp/gpu-proc-collector-molecule}"
+MIRROR="${GPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PACKAGES="systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,procps,ca-certificates,apt"
+BASE="$CACHE/bookworm-$(echo "$PACKAGES $MIRROR" | sha256sum | cut -c1-12)"
+
+log() { echo "guest.sh: $*" >&2; }
+
+base_root() {
+    if [ -e "$BASE/.complete" ]; then
+        return
+    fi
+    log "building the Debian 12 base root in $BASE (about a minute, once)"
+    rm -rf "$BASE.tmp"
+    mkdir -p "$CACHE"
+    debootstrap --variant=minbase --include="$PACKAGES" bookworm "$BASE.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+        || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    rm -rf "$BASE"
+    mv "$BASE.tmp" "$BASE"
+    touch "$BASE/.complete"
+}
+
+create() {
+    local name="$1" port="$2" pubkey="$3"
+    local dir="$RUNDIR/$name"
+    base_root
+    destroy "$name" 2>/dev/null || true
+    mkdir -p "$dir/upper" "$dir/work" "$dir/root"
+    mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
+    local root="$dir/root"
+    echo "$name" >"$root/etc/hostname"
+    : >"$root/etc/machine-id"
+    install -d -m 0700 "$root/root/.ssh"
+    install -m 0600 "$pubkey" "$root/root/.ssh/authorized_keys"
+    cat >"$root/etc/ssh/sshd_config.d/molecule.conf" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UseDNS no
+CONF
+    # Units that wait for hardware or consoles a container lacks.
+    for unit in getty@tty1.service console-getty.service systemd-networkd-wait-online.service; do
+        ln -sf /dev/null "$root/etc/systemd/system/$unit"
+    done
+    setsid systemd-nspawn --boot --register=no --keep-unit --console=passive --resolv-conf=copy-host \
+        --machine="$name" --directory="$root" </dev/null >"$dir/console.log" 2>&1 &
+    echo $! >"$dir/nspawn.pid"
+    for _ in $(seq 1 120); do
+        if ! kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null; then
+            log "systemd-nspawn exited:"; tail -20 "$dir/console.log" >&2; exit 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            log "$name is up (sshd on 127.0.0.1:$port)"
+            return
+        fi
+        sleep 0.5
+    done
+    log "$name did not start sshd in 60 s:"; tail -20 "$dir/console.log" >&2
+    exit 1
+}
+
+destroy() {
+    local name="$1"
+    local dir="$RUNDIR/$name"
+    [ -d "$dir" ] || return 0
+    if [ -f "$dir/nspawn.pid" ]; then
+        local pid
+        pid="$(cat "$dir/nspawn.pid")"
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"  # nspawn asks the guest's systemd for an orderly poweroff
+            for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    if mountpoint -q "$dir/root"; then
+        umount "$dir/root" || umount -l "$dir/root"
+    fi
+    rm -rf "$dir"
+}
+
+case "${1:-}" in
+    create) create "$2" "$3" "$4" ;;
+    destroy) destroy "$2" ;;
+    *) echo "usage: $0 create NAME PORT PUBKEY | destroy NAME" >&2; exit 2 ;;
+esac
