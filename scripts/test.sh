@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything on a fresh Debian/Ubuntu machine, then runs every check and test. CI runs exactly this.
+# Needs root (or sudo) for apt and for the Molecule guest (debootstrap, an overlay mount, systemd-nspawn).
+# Extra arguments go to pytest.
 source "$(dirname "$0")/setup.sh"
 ensure_python
-apt_install prometheus prometheus-node-exporter
-ensure_venv dev
+apt_install prometheus prometheus-node-exporter systemd-container debootstrap openssh-client time
+ensure_venv dev,role
 build_fake_nvml
-echo "== ruff"; .venv/bin/ruff check .
-echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/python -m pytest "$@"
+export PATH="$REPO/.venv/bin:$PATH" NO_COLOR=1 ANSIBLE_NOCOLOR=1
+echo "== ruff";         ruff check .
+echo "== mypy";         mypy
+echo "== yamllint";     yamllint --strict .
+echo "== ansible-lint"; ansible-lint --nocolor
+echo "== molecule";     molecule test
+echo "== pytest";       python -m pytest "$@"
