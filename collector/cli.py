@@ -1,7 +1,8 @@
 """Command line: options and config file, one collection (or one per --interval), the file, exit codes.
 
 Exit codes: 0 collected and written; 1 collection failed (the file says gpu_proc_collector_up 0); 2 bad usage or
-configuration; 3 the file could not be written (the previous one is untouched); 75 another run holds the lock.
+configuration; 3 the file could not be written (the previous one is untouched); 4 the run passed its deadline (the
+file says gpu_proc_collector_up 0); 75 another run holds the lock.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Sequence
 from typing import IO, Any, Optional, Union
 
 from collector import __version__, state
-from collector.run import Options, Outcome, collect
+from collector.metrics import render_failure
+from collector.run import Options, collect
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger("gpu-proc-collector")
@@ -29,7 +31,8 @@ TEXTFILE_NAME = "gpu_processes.prom"
 DEFAULT_STATE_DIR = "/var/lib/gpu-proc-collector"
 POD_RESOURCES_SOCKET = "var/lib/kubelet/pod-resources/kubelet.sock"
 
-EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_LOCKED = 0, 1, 2, 3, 75
+EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_DEADLINE, EXIT_LOCKED = 0, 1, 2, 3, 4, 75
+DEFAULT_DEADLINE = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
 
 # Config file keys (JSON object) and the option each one sets; the command line wins over the file.
 CONFIG_KEYS: dict[str, Union[type, tuple[type, ...]]] = {
@@ -43,6 +46,9 @@ CONFIG_KEYS: dict[str, Union[type, tuple[type, ...]]] = {
     "label_prefix": str,
     "interval": (int, float),
     "log_level": str,
+    "command_args": bool,
+    "max_process_series": int,
+    "deadline": (int, float),
 }
 
 
@@ -84,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "nvidia.com/gpu.shared and nvidia.com/mig-* are always recognised")
     parser.add_argument("--label-prefix", metavar="PREFIX",
                         help="prefix for the pod/namespace/container labels of the native metrics, e.g. k8s_")
+    parser.add_argument("--command-args", action="store_true", default=None,
+                        help="export each process's command line, secrets redacted, as gpu_process_command_info "
+                        "(off by default: command lines can hold secrets)")
+    parser.add_argument("--max-process-series", metavar="N", type=int,
+                        help="per-process series per node (default 2000); beyond it the largest memory holders keep "
+                        "theirs and the rest are summed per device and owner")
+    parser.add_argument("--deadline", metavar="SECONDS", type=float,
+                        help="a run that takes longer writes gpu_proc_collector_up 0 and exits 4 (default 40)")
     parser.add_argument("--interval", metavar="SECONDS", type=float,
                         help="keep running, one collection per interval (default: one collection, then exit)")
     parser.add_argument("--config", metavar="FILE", help="JSON file with any of: " + ", ".join(CONFIG_KEYS))
@@ -105,7 +119,8 @@ def load_config(path: str) -> dict[str, Any]:
     for key, value in config.items():
         if key not in CONFIG_KEYS:
             raise UsageError(f"config {path}: unknown key {key!r} (known: {', '.join(CONFIG_KEYS)})")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, CONFIG_KEYS[key])):
+        wrong_bool = isinstance(value, bool) and CONFIG_KEYS[key] is not bool
+        if value is not None and (wrong_bool or not isinstance(value, CONFIG_KEYS[key])):
             raise UsageError(f"config {path}: {key} has the wrong type ({type(value).__name__})")
     return config
 
@@ -139,6 +154,13 @@ def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
     label_prefix = merged.get("label_prefix") or ""
     if label_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label_prefix):
         raise UsageError(f"--label-prefix must be letters, digits and underscores (got {label_prefix!r})")
+    max_series = merged.get("max_process_series")
+    if max_series is not None and max_series < 0:
+        raise UsageError("--max-process-series must be 0 or more")
+    deadline = merged.get("deadline")
+    if deadline is not None and deadline <= 0:
+        raise UsageError("--deadline must be a positive number of seconds")
+    merged["deadline"] = float(deadline or DEFAULT_DEADLINE)
     host_root = merged.get("host_root") or "/"
     options = Options(
         host_root=host_root,
@@ -148,6 +170,8 @@ def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
         pod_resources_timeout=timeout,
         resource_names=tuple(merged.get("resource_names") or ()),
         label_prefix=label_prefix,
+        command_args=bool(merged.get("command_args")),
+        max_process_series=2000 if max_series is None else max_series,
     )
     return options, merged
 
@@ -181,21 +205,47 @@ class RunLock:
             self._file = None
 
 
-def publish(outcome: Outcome, merged: dict[str, Any], options: Options) -> int:
+def write_output(text: bytes, merged: dict[str, Any]) -> int:
     if merged["stdout"]:
-        sys.stdout.buffer.write(outcome.text)
+        sys.stdout.buffer.write(text)
         sys.stdout.flush()
-    else:
-        path = os.path.join(merged["textfile_dir"], TEXTFILE_NAME)
-        try:
-            atomic_write(path, outcome.text)
-        except WriteError as err:
-            log.error("%s (the previous file is left as it was)", err)
-            return EXIT_WRITE_FAILED
-    if outcome.ok:
-        state.save(options.state_dir, outcome.state)
         return EXIT_OK
-    return EXIT_COLLECTION_FAILED
+    try:
+        atomic_write(os.path.join(merged["textfile_dir"], TEXTFILE_NAME), text)
+    except WriteError as err:
+        log.error("%s (the previous file is left as it was)", err)
+        return EXIT_WRITE_FAILED
+    return EXIT_OK
+
+
+class Watchdog:
+    """Bounds a whole run: NVML calls are C calls no Python timeout can interrupt, so past the deadline another
+    thread writes the failed-run file (up 0, no process series) and ends the process. It never overwrites a
+    file the run itself is already writing."""
+
+    def __init__(self, seconds: float, merged: dict[str, Any], previous: state.State) -> None:
+        self.seconds = seconds
+        self.merged = merged
+        self.previous = previous
+        self.publishing = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expired)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _expired(self) -> None:
+        if not self.publishing.acquire(blocking=False):
+            return  # the run is writing its own result
+        log.error("the run exceeded its %g s deadline (an NVML call hung?); writing gpu_proc_collector_up 0",
+                  self.seconds)
+        write_output(render_failure(self.previous.last_success, self.seconds), self.merged)
+        sys.stderr.flush()
+        os._exit(EXIT_DEADLINE)
 
 
 def run_once(options: Options, merged: dict[str, Any]) -> int:
@@ -204,8 +254,17 @@ def run_once(options: Options, merged: dict[str, Any]) -> int:
         log.error("another gpu-proc-collector run holds %s; this one exits without collecting", lock.path)
         return EXIT_LOCKED
     try:
-        outcome = collect(options, state.load(options.state_dir))
-        return publish(outcome, merged, options)
+        previous = state.load(options.state_dir)
+        with Watchdog(merged["deadline"], merged, previous) as watchdog:
+            outcome = collect(options, previous)
+            with watchdog.publishing:
+                code = write_output(outcome.text, merged)
+        if code != EXIT_OK:
+            return code
+        if not outcome.ok:
+            return EXIT_COLLECTION_FAILED
+        state.save(options.state_dir, outcome.state)
+        return EXIT_OK
     finally:
         lock.release()
 

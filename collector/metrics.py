@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -12,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from collector import __version__
 from collector.model import Device, FailedGpu, ProcessRecord
+from collector.redact import args_label
 
 MIB = 1024 * 1024
 
@@ -34,6 +36,10 @@ class Report:
     # Native metrics name the Kubernetes labels with this prefix ("k8s_" -> k8s_pod), for scrapes that would
     # otherwise rename pod to exported_pod. The seed metrics always keep the seed names.
     label_prefix: str = ""
+    command_args: bool = False
+    # Processes beyond this many get no series of their own: the largest memory holders keep theirs, the rest
+    # are summed per device and owner (cardinality budget of one node).
+    max_process_series: int = 2000
     extra: Sequence[Metric] = field(default_factory=tuple)
 
 
@@ -62,10 +68,27 @@ class _Families(Collector):
         return iter(self._families)
 
 
+MAX_LABEL_CHARS = 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def label_value(value: str) -> str:
+    """Any text as a label value: lone surrogates (from undecodable bytes, or JSON escapes in a hostile runtime
+    file) become U+FFFD, which UTF-8 can encode; over-long values are cut. Escaping is the library's job."""
+    if not value.isascii():
+        value = _SURROGATE.sub("\ufffd", value)
+    return value[:MAX_LABEL_CHARS]
+
+
+def _clean(family: Metric) -> Metric:
+    family.samples = [s._replace(labels={k: label_value(v) for k, v in s.labels.items()}) for s in family.samples]
+    return family
+
+
 def exposition(families: Iterable[Metric]) -> bytes:
     """Text exposition of the families, from a registry made for this run only."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families))
+    registry.register(_Families(_clean(f) for f in families))
     return generate_latest(registry)
 
 
@@ -139,6 +162,32 @@ class _ReportFamilies:
         self.dropped = GaugeMetricFamily(
             "gpu_proc_collector_processes_dropped",
             "PIDs NVML listed that this run could not report, by reason.", labels=["reason"])
+        self.command = GaugeMetricFamily(
+            "gpu_process_command_info", "The process's command line, secrets redacted (opt-in; value 1).",
+            labels=["gpu", "pid", "command", "args"])
+        owner_labels = ["gpu", "gpu_uuid", "owner_kind", "owner", *k8s[:2]]
+        self.aggregated_memory = GaugeMetricFamily(
+            "gpu_process_aggregated_memory_bytes",
+            "GPU memory of the processes beyond the per-node series budget, summed per device and owner.",
+            labels=owner_labels)
+        self.aggregated_count = GaugeMetricFamily(
+            "gpu_process_aggregated_count",
+            "Processes beyond the per-node series budget, counted per device and owner.", labels=owner_labels)
+        self.series_dropped = GaugeMetricFamily(
+            "gpu_proc_collector_series_dropped",
+            "Processes that got no series of their own this run (over the per-node budget; see the aggregates).")
+
+    def add_aggregate(self, records: Sequence[ProcessRecord]) -> None:
+        memory: dict[tuple[str, ...], float] = {}
+        count: dict[tuple[str, ...], float] = {}
+        for record in records:
+            o, d = record.owner, record.gpu.device
+            key: tuple[str, ...] = (d.label, d.uuid, o.kind, o.name, o.pod, o.namespace)
+            memory[key] = memory.get(key, 0.0) + float(record.gpu.used_memory or 0)
+            count[key] = count.get(key, 0.0) + 1
+        for key in sorted(count):
+            self.aggregated_memory.add_metric(list(key), memory[key])
+            self.aggregated_count.add_metric(list(key), count[key])
 
     def add_process(self, record: ProcessRecord) -> None:
         proc, device, owner = record.gpu, record.gpu.device, record.owner
@@ -171,12 +220,30 @@ class _ReportFamilies:
             self.unattributed.add_metric(ids, float(max(0, device.memory_used - accounted)))
 
 
+def _by_memory(record: ProcessRecord) -> tuple[int, int]:
+    return (-(record.gpu.used_memory or 0), record.gpu.pid)
+
+
 def _report_families(report: Report) -> Iterator[Metric]:
     f = _ReportFamilies(report.label_prefix)
     per_device: dict[str, int] = {d.label: 0 for d in report.devices}
     accounted: dict[str, int] = {d.label: 0 for d in report.devices}
-    for record in report.records:
+    records = list(report.records)
+    if len(records) > report.max_process_series:
+        ranked = sorted(records, key=_by_memory)
+        kept = set(map(id, ranked[: report.max_process_series]))
+        over = [r for r in ranked if id(r) not in kept]
+        records = [r for r in records if id(r) in kept]
+        f.add_aggregate(over)
+        f.series_dropped.add_metric([], float(len(over)))
+    else:
+        f.series_dropped.add_metric([], 0.0)
+    for record in records:
         f.add_process(record)
+        if report.command_args:
+            f.command.add_metric([record.gpu.device.label, str(record.gpu.pid), record.host.name,
+                                  args_label(record.host.cmdline)], 1.0)
+    for record in report.records:
         per_device[record.gpu.device.label] += 1
         accounted[record.gpu.device.label] += record.gpu.used_memory or 0
     for device in report.devices:
@@ -190,7 +257,9 @@ def _report_families(report: Report) -> Iterator[Metric]:
         f.dropped.add_metric([reason], float(n))
 
     yield from (f.count, f.total, f.info, f.util, f.mem_util, f.mem_bytes, f.idle, f.unallocated, f.device_info,
-                f.device_total, f.device_used, f.unattributed)
+                f.device_total, f.device_used, f.unattributed, f.aggregated_memory, f.aggregated_count)
+    if report.command_args:
+        yield f.command
     yield from self_metrics(True, report.timestamp, report.duration, report.driver_version)
-    yield from (f.gpu_up, f.dropped)
+    yield from (f.gpu_up, f.dropped, f.series_dropped)
     yield from report.extra

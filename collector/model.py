@@ -66,6 +66,7 @@ class HostProcess:
     name: str
     start_time: float  # seconds since the epoch (stat starttime + btime); with the PID, names the process across runs
     cgroup: str  # raw /proc/<pid>/cgroup text, "" when unreadable
+    cmdline: tuple[str, ...] = ()  # read only when the operator opts in to the args label
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,9 @@ def _unmeasurable(unit: Device) -> Device:
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     try:
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    except pynvml.NVMLError_FunctionNotFound:
+        _note_missing("nvmlDeviceGetMemoryInfo")
+        return None, None
     except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission) as err:
         log.debug("memory info unavailable: %s", err)
         return None, None

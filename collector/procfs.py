@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -36,8 +37,9 @@ def read_cgroup(pid: int) -> str:
         return ""
 
 
-def describe(pid: int) -> Optional[HostProcess]:
-    """What /proc says about pid; None when there is no such process (it exited, or NVML reported garbage)."""
+def describe(pid: int, with_cmdline: bool = False) -> Optional[HostProcess]:
+    """What /proc says about pid; None when there is no such process (it exited, or NVML reported garbage).
+    The command line is read only when asked for (it can hold secrets; see collector.redact)."""
     if pid <= 0:
         return None
     try:
@@ -45,6 +47,10 @@ def describe(pid: int) -> Optional[HostProcess]:
         with proc.oneshot():
             start = proc.create_time()
             name = proc.name()
+            cmdline: tuple[str, ...] = ()
+            if with_cmdline:
+                with contextlib.suppress(psutil.AccessDenied):
+                    cmdline = tuple(printable(arg) for arg in proc.cmdline())
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied as err:
@@ -55,5 +61,6 @@ def describe(pid: int) -> Optional[HostProcess]:
         name=printable(name),
         start_time=start,
         cgroup=read_cgroup(pid),
+        cmdline=cmdline,
     )
 

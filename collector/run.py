@@ -29,6 +29,8 @@ class Options:
     pod_resources_timeout: float = 10.0
     resource_names: tuple[str, ...] = ()
     label_prefix: str = ""
+    command_args: bool = False  # export redacted command lines (gpu_process_command_info)
+    max_process_series: int = 2000  # per-process series per node; beyond it, aggregated per owner
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
         return failed(f"every GPU failed ({reasons})", snapshot.driver_version)
 
     procfs.use_host_root(options.host_root)
-    hosts, dropped = _describe(snapshot.processes)
+    hosts, dropped = _describe(snapshot.processes, options.command_args)
     attributor = Attributor.for_host(options, snapshot.devices)
     last_active: dict[str, float] = {}
     records = []
@@ -80,6 +82,8 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
         timestamp=now,
         duration=time.monotonic() - started,
         label_prefix=options.label_prefix,
+        command_args=options.command_args,
+        max_process_series=options.max_process_series,
         extra=attributor.self_metrics(),
     )
     return Outcome(
@@ -90,7 +94,7 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
     )
 
 
-def _describe(processes: Collection[GpuProcess]) -> tuple[dict[int, HostProcess], dict[str, int]]:
+def _describe(processes: Collection[GpuProcess], with_cmdline: bool) -> tuple[dict[int, HostProcess], dict[str, int]]:
     """Reads /proc once per PID. A PID that is not there (it exited, or a driver bug garbled the list) is
     dropped and counted: never a made-up process."""
     hosts: dict[int, HostProcess] = {}
@@ -98,7 +102,7 @@ def _describe(processes: Collection[GpuProcess]) -> tuple[dict[int, HostProcess]
     for proc in processes:
         if proc.pid in hosts or proc.pid in missing:
             continue
-        host = procfs.describe(proc.pid)
+        host = procfs.describe(proc.pid, with_cmdline)
         if host is None:
             missing.add(proc.pid)
         else:

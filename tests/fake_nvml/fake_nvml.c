@@ -77,6 +77,8 @@ typedef struct nvmlDevice_st {
     unsigned int nsamples;
     error_t_ *errors;
     unsigned int nerrors;
+    error_t_ *delays; /* function -> milliseconds to sleep before answering: a hung driver call */
+    unsigned int ndelays;
     int has_mig; /* MIG capable: GetMigMode answers */
     unsigned int mig_current, mig_pending, mig_max;
     struct nvmlDevice_st *slots[MAX_MIG_SLOTS];
@@ -109,6 +111,8 @@ static struct {
     char driver_version[80];
     error_t_ *errors;
     unsigned int nerrors;
+    error_t_ *delays;
+    unsigned int ndelays;
     device_t *devices;   /* physical GPUs, index order */
     unsigned int ndevices;
     device_t *instances; /* MIG devices, pointed to by their parents' slots */
@@ -122,6 +126,18 @@ static int error_code(const char *text) {
     for (size_t i = 0; i < sizeof(ERROR_NAMES) / sizeof(ERROR_NAMES[0]); i++)
         if (!strcmp(ERROR_NAMES[i].name, text)) return ERROR_NAMES[i].code;
     return NVML_ERROR_UNKNOWN;
+}
+
+static void load_delays(const jval *obj, error_t_ **out, unsigned int *n) {
+    *out = NULL;
+    *n = 0;
+    if (!obj || obj->type != J_OBJ || obj->len == 0) return;
+    *out = calloc(obj->len, sizeof(error_t_));
+    for (size_t i = 0; i < obj->len; i++) {
+        (*out)[i].fn = strdup(obj->keys[i]);
+        (*out)[i].code = (int)(json_num(obj->items[i], 0) * 1000);
+    }
+    *n = (unsigned int)obj->len;
 }
 
 static void load_errors(const jval *obj, error_t_ **out, unsigned int *n) {
@@ -145,8 +161,19 @@ static int find_error(const error_t_ *errs, unsigned int n, const char *fn) {
 
 /* The scenario's error for fn on dev: the device's own, a MIG device's parent's "*" (a lost GPU loses its
  * instances), then the top level's. */
+static void delay(const char *fn, const device_t *dev) {
+    int ms = find_error(S.delays, S.ndelays, fn);
+    if (dev && !ms) ms = find_error(dev->delays, dev->ndelays, fn);
+    if (ms > 0) {
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+        }
+    }
+}
+
 static int injected(const char *fn, const device_t *dev) {
     int r;
+    delay(fn, dev);
     if (dev) {
         if ((r = find_error(dev->errors, dev->nerrors, fn))) return r;
         if (dev->parent) {
@@ -263,6 +290,7 @@ static int load_scenario(void) {
     memset(&S, 0, sizeof(S));
     copy_str(S.driver_version, sizeof(S.driver_version), json_str(json_get(root, "driver_version"), "580.95.05"));
     load_errors(json_get(root, "errors"), &S.errors, &S.nerrors);
+    load_delays(json_get(root, "delays"), &S.delays, &S.ndelays);
 
     const jval *devs = json_get(root, "devices");
     size_t ndev = (devs && devs->type == J_ARR) ? devs->len : 0, ninst = 0;
@@ -289,6 +317,7 @@ static int load_scenario(void) {
         load_procs(json_get(dj, "processes_started_after_count"), &d->late_procs, &d->nlate);
         load_samples(d, json_get(dj, "process_samples"), now);
         load_errors(json_get(dj, "errors"), &d->errors, &d->nerrors);
+        load_delays(json_get(dj, "delays"), &d->delays, &d->ndelays);
 
         const jval *mig = json_get(dj, "mig");
         if (!mig) continue;
