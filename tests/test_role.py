@@ -109,3 +109,10 @@ def test_the_unit_template_keeps_the_hardening_style_asks_for() -> None:
 def test_yaml_files_parse() -> None:
     for path in [*ROLE.rglob("*.yml"), *Path(REPO, "molecule").rglob("*.yml"), REPO / "playbooks" / "site.yml"]:
         yaml.safe_load(path.read_text())
+
+
+def test_the_readme_lists_every_role_variable() -> None:
+    readme = (REPO / "README.md").read_text()
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    missing = [name for name in specs if f"| `{name}` |" not in readme]
+    assert missing == []
