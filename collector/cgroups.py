@@ -9,6 +9,7 @@ Slurm v1 and v2 job/step paths; systemd services; user sessions. The patterns ar
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -18,22 +19,23 @@ UID = (r"(?P<pod_uid>[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_
        r"|[0-9a-f]{32})")
 
 # Order matters: conmon before the pod patterns (conmon is the supervisor, not the workload), pods before the
-# generic docker/systemd shapes their paths also contain.
-PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(rx)) for name, rx in (
-    ("crio_conmon", r"kubepods.*?pod" + UID + r".*?crio-conmon-(?P<container_id>" + H64 + r")(?:\.scope)?(?:/|$)"),
-    ("k8s_systemd", r"kubepods(?:-(?P<qos>besteffort|burstable))?-pod" + UID + r"\.slice"
+# generic docker/systemd shapes their paths also contain. Each pattern runs only on paths holding its needle.
+PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple((name, needle, re.compile(rx)) for name, needle, rx in (
+    ("crio_conmon", "crio-conmon-",
+     r"kubepods.*?pod" + UID + r".*?crio-conmon-(?P<container_id>" + H64 + r")(?:\.scope)?(?:/|$)"),
+    ("k8s_systemd", "kubepods", r"kubepods(?:-(?P<qos>besteffort|burstable))?-pod" + UID + r"\.slice"
                     r"(?:/(?P<runtime>cri-containerd|crio|docker)-(?P<container_id>" + H64 + r")\.scope)?(?:/|$)"),
-    ("k8s_cgroupfs", r"kubepods(?:/(?P<qos>besteffort|burstable))?/pod" + UID +
+    ("k8s_cgroupfs", "kubepods", r"kubepods(?:/(?P<qos>besteffort|burstable))?/pod" + UID +
                      r"(?:/(?:(?P<runtime>crio)-)?(?P<container_id>" + H64 + r"))?(?:/|$)"),
-    ("docker", r"(?:^|/)(?:system\.slice/docker-(?P<cid_systemd>" + H64 + r")\.scope|docker/(?P<cid_cgroupfs>"
+    ("docker", "docker", r"(?:^|/)(?:system\.slice/docker-(?P<cid_systemd>" + H64 + r")\.scope|docker/(?P<cid_cgroupfs>"
                + H64 + r"))(?:/|$)"),
-    ("podman", r"libpod-(?P<container_id>" + H64 + r")\.scope(?:/|$)"),
-    ("slurm_v2", r"/(?:(?P<node>[^/]+)_)?slurmstepd\.scope/job_(?P<job>\d+)"
+    ("podman", "libpod-", r"libpod-(?P<container_id>" + H64 + r")\.scope(?:/|$)"),
+    ("slurm_v2", "slurmstepd", r"/(?:(?P<node>[^/]+)_)?slurmstepd\.scope/job_(?P<job>\d+)"
                  r"(?:/step_(?P<step>\d+|batch|extern|interactive))?"),
-    ("slurm_v1", r"/slurm(?:_(?P<node>[^/]+))?/uid_(?P<uid>\d+)/job_(?P<job>\d+)"
+    ("slurm_v1", "/slurm", r"/slurm(?:_(?P<node>[^/]+))?/uid_(?P<uid>\d+)/job_(?P<job>\d+)"
                  r"(?:/step_(?P<step>\d+|batch|extern|interactive))?"),
-    ("systemd_service", r"^/(?:system\.slice/)?(?:[^/]+\.slice/)*(?P<unit>[^/]+\.service)$"),
-    ("user_session", r"^/user\.slice/user-(?P<uid>\d+)\.slice/"
+    ("systemd_service", ".service", r"^/(?:system\.slice/)?(?:[^/]+\.slice/)*(?P<unit>[^/]+\.service)$"),
+    ("user_session", "/user.slice/", r"^/user\.slice/user-(?P<uid>\d+)\.slice/"
                      r"(?:(?P<session>session-[^/]+\.scope)|user@\d+\.service(?:/.*)?)$"),
 ))
 
@@ -114,11 +116,15 @@ def _owner(pattern: str, match: re.Match[str], path: str) -> Optional[CgroupOwne
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_cgroup(text: str) -> CgroupOwner:
-    """The owner the cgroup file names; HOST for anything it does not recognise. Never raises."""
+    """The owner the cgroup file names; HOST for anything it does not recognise. Never raises.
+    Cached: the processes of one container share one cgroup file text."""
     paths = cgroup_paths(text)
-    for pattern, regex in PATTERNS:
+    for pattern, needle, regex in PATTERNS:
         for path in paths:
+            if needle not in path:
+                continue
             match = regex.search(path)
             if match:
                 owner = _owner(pattern, match, path)

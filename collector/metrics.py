@@ -74,21 +74,17 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def label_value(value: str) -> str:
     """Any text as a label value: lone surrogates (from undecodable bytes, or JSON escapes in a hostile runtime
-    file) become U+FFFD, which UTF-8 can encode; over-long values are cut. Escaping is the library's job."""
+    file) become U+FFFD, which UTF-8 can encode; over-long values are cut. Escaping is the library's job.
+    Applied to every value that comes from outside NVML: names from /proc, runtime files and kubelet."""
     if not value.isascii():
         value = _SURROGATE.sub("\ufffd", value)
     return value[:MAX_LABEL_CHARS]
 
 
-def _clean(family: Metric) -> Metric:
-    family.samples = [s._replace(labels={k: label_value(v) for k, v in s.labels.items()}) for s in family.samples]
-    return family
-
-
 def exposition(families: Iterable[Metric]) -> bytes:
     """Text exposition of the families, from a registry made for this run only."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(_clean(f) for f in families))
+    registry.register(_Families(families))
     return generate_latest(registry)
 
 
@@ -182,7 +178,7 @@ class _ReportFamilies:
         count: dict[tuple[str, ...], float] = {}
         for record in records:
             o, d = record.owner, record.gpu.device
-            key: tuple[str, ...] = (d.label, d.uuid, o.kind, o.name, o.pod, o.namespace)
+            key = tuple(label_value(v) for v in (d.label, d.uuid, o.kind, o.name, o.pod, o.namespace))
             memory[key] = memory.get(key, 0.0) + float(record.gpu.used_memory or 0)
             count[key] = count.get(key, 0.0) + 1
         for key in sorted(count):
@@ -191,17 +187,19 @@ class _ReportFamilies:
 
     def add_process(self, record: ProcessRecord) -> None:
         proc, device, owner = record.gpu, record.gpu.device, record.owner
-        gpu, pid, command = device.label, str(proc.pid), record.host.name
-        k8s = [owner.pod, owner.namespace, owner.container]
+        gpu, pid, command = device.label, str(proc.pid), label_value(record.host.name)
+        pod, namespace, container, owner_name = (label_value(v) for v in (owner.pod, owner.namespace,
+                                                                           owner.container, owner.name))
+        k8s = [pod, namespace, container]
         self.info.add_metric([gpu, pid, command, *k8s, status(record), gpu_memory_label(proc.used_memory)], 1.0)
-        seed_labels = [gpu, pid, command, owner.pod, owner.namespace]
+        seed_labels = [gpu, pid, command, pod, namespace]
         if proc.sm_utilization is not None:
             self.util.add_metric(seed_labels, round(proc.sm_utilization, 4))
         percent = memory_percent(proc.used_memory, device.memory_total)
         if percent is not None:
             self.mem_util.add_metric(seed_labels, percent)
         if proc.used_memory is not None:
-            self.mem_bytes.add_metric([gpu, device.uuid, pid, command, *k8s, owner.kind, owner.name],
+            self.mem_bytes.add_metric([gpu, device.uuid, pid, command, *k8s, owner.kind, owner_name],
                                       float(proc.used_memory))
         if record.idle_seconds is not None:
             self.idle.add_metric([gpu, device.uuid, pid, command, *k8s], round(record.idle_seconds, 3))
@@ -241,8 +239,8 @@ def _report_families(report: Report) -> Iterator[Metric]:
     for record in records:
         f.add_process(record)
         if report.command_args:
-            f.command.add_metric([record.gpu.device.label, str(record.gpu.pid), record.host.name,
-                                  args_label(record.host.cmdline)], 1.0)
+            f.command.add_metric([record.gpu.device.label, str(record.gpu.pid), label_value(record.host.name),
+                                  label_value(args_label(record.host.cmdline))], 1.0)
     for record in report.records:
         per_device[record.gpu.device.label] += 1
         accounted[record.gpu.device.label] += record.gpu.used_memory or 0
