@@ -4,8 +4,9 @@
 
 Each row is the median of --repeat runs of the real CLI in a fresh process (the timer's mode), against the stand-in
 NVML library and a simulated host: 8 GPUs, 4 whole and 4 in MIG mode with 7 instances each, N GPU processes spread
-over the 32 units. The floor is `python -c "import pynvml, psutil"` with the same interpreter. Prints numbers;
-passes no judgement (budgets are in the README and the issue notes).
+over the 32 units. The floor is `python -c "import pynvml, psutil"` with the same interpreter. "collect ms" is the
+last run's own gpu_proc_collector_duration_seconds: the work without interpreter start-up and imports, which is
+what each collection costs in the long-running --interval mode. Prints numbers; passes no judgement.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def measure(cmd: Sequence[str], env: dict[str, str], repeat: int) -> tuple[float
             raise SystemExit(f"{' '.join(cmd)} exited {result.returncode}: {stderr[-2000:]}")
         rss.append(int(stderr.rsplit("maxrss_kib=", 1)[1].split()[0]) / 1024)
     return statistics.median(walls), statistics.median(rss)
+
+
+def collection_seconds(prom: Path) -> float:
+    """The run's own gpu_proc_collector_duration_seconds: the collection without interpreter start and imports,
+    i.e. what each collection costs in the long-running --interval mode."""
+    for line in prom.read_text().splitlines():
+        if line.startswith("gpu_proc_collector_duration_seconds "):
+            return float(line.split()[1])
+    raise SystemExit(f"no duration in {prom}")
 
 
 def build_host(
@@ -99,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = {**os.environ, "LD_LIBRARY_PATH": str(FAKE_NVML)}
     floor_wall, floor_rss = measure([python, "-c", "import pynvml, psutil"], env, args.repeat)
     print(f"import floor (python -c 'import pynvml, psutil'): {floor_wall * 1000:.1f} ms, {floor_rss:.1f} MiB")
-    print(f"{'case':<44} {'wall ms':>8} {'x floor':>8} {'peak MiB':>9}")
+    print(f"{'case':<48} {'wall ms':>8} {'x floor':>8} {'peak MiB':>9} {'collect ms':>11}")
     rows: list[tuple[str, int, int, int]] = [(f"{n} GPU processes", n, 0, 0) for n in map(int, args.sizes.split(","))]
     rows += [("1000 GPU processes + 10000 idle host processes", 1000, 10_000, 0),
              ("1000 GPU processes in 500 pods (attribution)", 1000, 0, 500)]
@@ -112,7 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd = [python, "-m", "collector", "--textfile-dir", str(work / "textfile"), "--host-root",
                    str(tree.root), "--state-dir", str(work / "state")]
             wall, rss = measure(cmd, run_env, args.repeat)
-            print(f"{label:<44} {wall * 1000:>8.1f} {wall / floor_wall:>8.2f} {rss:>9.1f}")
+            collect_ms = 1000 * collection_seconds(work / "textfile" / "gpu_processes.prom")
+            print(f"{label:<48} {wall * 1000:>8.1f} {wall / floor_wall:>8.2f} {rss:>9.1f} {collect_ms:>11.1f}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return 0

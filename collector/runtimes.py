@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -31,6 +33,7 @@ CRIO_ROOTS = ("run/containers/storage/overlay-containers", "var/lib/containers/s
 DOCKER_CONTAINERS = "var/lib/docker/containers"
 POD_LOGS = "var/log/pods"
 MAX_METADATA_BYTES = 4 << 20  # an OCI config.json is a few KiB; anything this large is not one
+_CONTAINER_ID = re.compile(r"[0-9a-f]{1,64}")
 
 # (pod name, namespace, pod UID, container name) annotation keys
 CONTAINERD_KEYS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.sandbox-namespace",
@@ -56,7 +59,13 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
     """The JSON object in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_METADATA_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_METADATA_BYTES:
+                raise _Corrupt("larger than 4 MiB")
+            # read(n) allocates n bytes up front: ask for the file's size (+1, to see one that grew meanwhile)
+            raw = f.read(size + 1)
+            if len(raw) > size:
+                raw += f.read(MAX_METADATA_BYTES + 1 - len(raw))
     except FileNotFoundError:
         return None
     except OSError as err:
@@ -101,7 +110,7 @@ class RuntimeMetadata:
         return self._cache[key]
 
     def _lookup(self, container_id: str, runtime: str, pod_uid: str) -> Optional[ContainerMeta]:
-        if container_id and all(c in "0123456789abcdef" for c in container_id):
+        if _CONTAINER_ID.fullmatch(container_id):
             for source, path, keys in self._candidates(container_id, runtime):
                 try:
                     document = _read_json(path)
@@ -125,20 +134,24 @@ class RuntimeMetadata:
         self.misses["not_found"] += 1
         return None
 
-    def _candidates(self, container_id: str, runtime: str) -> list[tuple[str, str, tuple[str, str, str, str]]]:
-        containerd = [
-            ("k3s" if "k3s" in state else "microk8s" if "microk8s" in state else "containerd",
-             self._path(state, CONTAINERD_TASKS, container_id, "config.json"), CONTAINERD_KEYS)
-            for state in CONTAINERD_STATE_DIRS
-        ]
-        crio = [("crio", self._path(root, container_id, "userdata", "config.json"), KUBELET_KEYS)
-                for root in CRIO_ROOTS]
-        docker = [("docker", self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"), KUBELET_KEYS)]
-        if runtime == "crio":
-            return crio + containerd + docker
-        if runtime == "docker":
-            return docker + containerd + crio
-        return containerd + crio + docker
+    def _candidates(self, container_id: str, runtime: str) -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
+        """Where each runtime would keep the container's file, the cgroup's runtime first; built lazily, as the
+        first one usually exists."""
+        def containerd() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
+            for state in CONTAINERD_STATE_DIRS:
+                source = "k3s" if "k3s" in state else "microk8s" if "microk8s" in state else "containerd"
+                yield source, self._path(state, CONTAINERD_TASKS, container_id, "config.json"), CONTAINERD_KEYS
+
+        def crio() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
+            for root in CRIO_ROOTS:
+                yield "crio", self._path(root, container_id, "userdata", "config.json"), KUBELET_KEYS
+
+        def docker() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
+            yield "docker", self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"), KUBELET_KEYS
+
+        order = {"crio": (crio, containerd, docker), "docker": (docker, containerd, crio)}
+        for source in order.get(runtime, (containerd, crio, docker)):
+            yield from source()
 
     def pod_from_logs(self, pod_uid: str) -> Optional[ContainerMeta]:
         if self._pod_logs is None:
