@@ -125,6 +125,31 @@ def load_config(path: str) -> dict[str, Any]:
     return config
 
 
+def _device_set(devices: Any) -> Optional[frozenset[int]]:
+    """The --devices option or the config's list; None (every GPU) when empty or absent."""
+    if isinstance(devices, list):
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices):
+            raise UsageError("devices must list non-negative GPU indices")
+        return frozenset(devices) or None
+    if isinstance(devices, str):
+        return parse_devices(devices) or None
+    return None
+
+
+def _check_values(merged: dict[str, Any]) -> None:
+    for key, option in (("interval", "--interval"), ("pod_resources_timeout", "--pod-resources-timeout"),
+                        ("deadline", "--deadline")):
+        if merged.get(key) is not None and merged[key] <= 0:
+            raise UsageError(f"{option} must be a positive number of seconds")
+    if merged.get("max_process_series") is not None and merged["max_process_series"] < 0:
+        raise UsageError("--max-process-series must be 0 or more")
+    label_prefix = merged.get("label_prefix") or ""
+    if label_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label_prefix):
+        raise UsageError(f"--label-prefix must be letters, digits and underscores (got {label_prefix!r})")
+    if not all(isinstance(name, str) and name for name in merged.get("resource_names") or ()):
+        raise UsageError("resource_names must list extended-resource names")
+
+
 def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
     args = build_parser().parse_args(argv)
     merged: dict[str, Any] = load_config(args.config) if args.config else {}
@@ -136,31 +161,12 @@ def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
     if args.stdout:
         merged.pop("textfile_dir", None)
 
-    devices = merged.get("devices")
-    if isinstance(devices, list):
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices):
-            raise UsageError("devices must list non-negative GPU indices")
-        device_set: Optional[frozenset[int]] = frozenset(devices) or None
-    elif isinstance(devices, str):
-        device_set = parse_devices(devices) or None
-    else:
-        device_set = None
-    interval = merged.get("interval")
-    if interval is not None and interval <= 0:
-        raise UsageError("--interval must be a positive number of seconds")
-    timeout = float(merged.get("pod_resources_timeout") or 10.0)
-    if timeout <= 0:
-        raise UsageError("--pod-resources-timeout must be positive")
+    device_set = _device_set(merged.get("devices"))
+    _check_values(merged)
+    timeout = float(merged["pod_resources_timeout"]) if merged.get("pod_resources_timeout") is not None else 10.0
     label_prefix = merged.get("label_prefix") or ""
-    if label_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label_prefix):
-        raise UsageError(f"--label-prefix must be letters, digits and underscores (got {label_prefix!r})")
     max_series = merged.get("max_process_series")
-    if max_series is not None and max_series < 0:
-        raise UsageError("--max-process-series must be 0 or more")
-    deadline = merged.get("deadline")
-    if deadline is not None and deadline <= 0:
-        raise UsageError("--deadline must be a positive number of seconds")
-    merged["deadline"] = float(deadline or DEFAULT_DEADLINE)
+    merged["deadline"] = float(merged.get("deadline") or DEFAULT_DEADLINE)
     host_root = merged.get("host_root") or "/"
     options = Options(
         host_root=host_root,

@@ -13,7 +13,7 @@ import pytest
 from collector import podresources_v1_pb2 as api
 from collector import state
 from collector.attribution import resolve
-from collector.cli import UsageError, parse_devices
+from collector.cli import UsageError, parse_devices, settings
 from collector.model import Device, MigInfo
 from collector.podresources import DeviceRef, is_gpu_resource, parse_device_id
 from collector.runtimes import RuntimeMetadata
@@ -142,3 +142,24 @@ def test_the_generated_pod_resources_module_has_kubelets_field_numbers() -> None
     assert api.DESCRIPTOR.package == "v1"
     assert [m.name for m in api.DESCRIPTOR.services_by_name["PodResourcesLister"].methods] == [
         "List", "GetAllocatableResources", "Get"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--pod-resources-timeout", "0"], "--pod-resources-timeout must be a positive"),
+    (["--deadline", "-1"], "--deadline must be a positive"),
+    (["--interval", "0"], "--interval must be a positive"),
+    (["--max-process-series", "-5"], "--max-process-series must be 0 or more"),
+    (["--label-prefix", "9x"], "--label-prefix must be"),
+])
+def test_bad_option_values_are_usage_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        settings(argv)
+
+
+def test_config_values_of_the_wrong_type_are_usage_errors(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    for document in ('{"resource_names": [1]}', '{"command_args": "yes"}', '{"devices": [true]}',
+                     '{"pod_resources_timeout": 0}', '{"interval": true}'):
+        config.write_text(document)
+        with pytest.raises(UsageError):
+            settings(["--config", str(config)])
