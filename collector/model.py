@@ -25,8 +25,6 @@ class Device:
     memory_total: Optional[int]
     memory_used: Optional[int]
     mig: Optional[MigInfo] = None
-    # False where NVML cannot measure per-process utilisation (MIG, or a driver without the call).
-    utilization_measurable: bool = True
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,6 @@ class GpuProcess:
     pid: int
     device: Device
     used_memory: Optional[int]  # bytes; None when NVML reports it as not available
-    kinds: frozenset[str]
     sm_utilization: Optional[float]  # mean SM % over the interval; None where not measurable
     active: Optional[bool]  # SM activity seen in the interval; None where not measurable
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 FIRST_RUN_WINDOW_US = 60_000_000  # with no previous timestamp, read the samples of the last minute
 NA_INSTANCE_ID = 0xFFFFFFFF
 
-# (kind, the unversioned wrapper that needs the *_v3 symbol, the _v2 wrapper of R470..R495 drivers)
+# (list, the unversioned wrapper that needs the *_v3 symbol, the _v2 wrapper of R470..R495 drivers)
 PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
     ("compute", "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"),
     ("graphics", "nvmlDeviceGetGraphicsRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses_v2"),
@@ -77,9 +77,7 @@ class _Reader:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
             self._read_gpu(index, handle, uuid)
-        except _GpuFailed as err:
-            self._fail(index, uuid, str(err))
-        except pynvml.NVMLError as err:
+        except (_GpuFailed, pynvml.NVMLError) as err:
             self._fail(index, uuid, str(err))
 
     def _fail(self, index: int, uuid: str, reason: str) -> None:
@@ -97,12 +95,10 @@ class _Reader:
             unit = Device(label=str(index), index=index, uuid=uuid, name=name, memory_total=total, memory_used=used)
             per_unit = [(unit, self._process_lists(handle))]
             samples = self._utilisation_samples(handle, uuid)
-            if samples is None:
-                per_unit = [(_unmeasurable(unit), lists) for unit, lists in per_unit]
         # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
-        for unit, lists in per_unit:
+        for unit, entries in per_unit:
             self.devices.append(unit)
-            self.processes.extend(_merge(unit, lists, samples))
+            self.processes.extend(_merge(unit, entries, samples))
 
     @staticmethod
     def _mig_enabled(handle: Any) -> bool:
@@ -137,17 +133,17 @@ class _Reader:
                     memory_total=total,
                     memory_used=used,
                     mig=MigInfo(gpu_instance_id=gi, compute_instance_id=ci, profile=profile, parent_uuid=parent_uuid),
-                    utilization_measurable=False,
                 ),
                 mig,
             )
 
     @staticmethod
-    def _process_lists(handle: Any) -> list[tuple[str, list[Any]]]:
-        lists: list[tuple[str, list[Any]]] = []
+    def _process_lists(handle: Any) -> list[Any]:
+        """The entries of the compute, graphics and MPS lists together."""
+        entries: list[Any] = []
         for kind, current, older in PROCESS_LISTS:
             try:
-                lists.append((kind, list(getattr(pynvml, current)(handle))))
+                entries.extend(getattr(pynvml, current)(handle))
                 continue
             except pynvml.NVMLError_NotSupported:
                 continue
@@ -156,12 +152,12 @@ class _Reader:
                     raise
                 _note_missing(current + "_v3")
             try:
-                lists.append((kind, list(getattr(pynvml, older)(handle))))
+                entries.extend(getattr(pynvml, older)(handle))
             except pynvml.NVMLError_FunctionNotFound:
                 _note_missing(older)
                 if kind == "compute":
                     raise _GpuFailed("this driver offers no process list NVML call") from None
-        return lists
+        return entries
 
     def _utilisation_samples(self, handle: Any, uuid: str) -> Optional[dict[int, list[int]]]:
         """SM % samples per PID newer than the last run's; None where per-process utilisation can't be measured."""
@@ -191,13 +187,6 @@ class _Reader:
         return samples
 
 
-def _unmeasurable(unit: Device) -> Device:
-    return Device(
-        label=unit.label, index=unit.index, uuid=unit.uuid, name=unit.name, memory_total=unit.memory_total,
-        memory_used=unit.memory_used, mig=unit.mig, utilization_measurable=False,
-    )
-
-
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     try:
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
@@ -210,19 +199,14 @@ def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     return int(info.total), int(info.used)
 
 
-def _merge(
-    unit: Device, lists: list[tuple[str, list[Any]]], samples: Optional[Mapping[int, list[int]]]
-) -> list[GpuProcess]:
+def _merge(unit: Device, entries: list[Any], samples: Optional[Mapping[int, list[int]]]) -> list[GpuProcess]:
     """One record per PID on the unit: a PID in several lists (graphics + compute) is one process."""
     memory: dict[int, Optional[int]] = {}
-    kinds: dict[int, set[str]] = {}
-    for kind, entries in lists:
-        for entry in entries:
-            pid = int(entry.pid)
-            used = None if entry.usedGpuMemory is None else int(entry.usedGpuMemory)
-            kinds.setdefault(pid, set()).add(kind)
-            previous = memory.get(pid)
-            memory[pid] = used if previous is None else max(previous, used or 0)
+    for entry in entries:
+        pid = int(entry.pid)
+        used = None if entry.usedGpuMemory is None else int(entry.usedGpuMemory)
+        previous = memory.get(pid)
+        memory[pid] = used if previous is None else max(previous, used or 0)
     merged = []
     for pid in sorted(memory):
         sm: Optional[float] = None
@@ -232,8 +216,7 @@ def _merge(
             sm = sum(values) / len(values) if values else 0.0
             active = any(v > 0 for v in values)
         merged.append(
-            GpuProcess(pid=pid, device=unit, used_memory=memory[pid], kinds=frozenset(kinds[pid]),
-                       sm_utilization=sm, active=active)
+            GpuProcess(pid=pid, device=unit, used_memory=memory[pid], sm_utilization=sm, active=active)
         )
     return merged
 

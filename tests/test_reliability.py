@@ -273,7 +273,7 @@ DEVICE = Device(label="0", index=0, uuid="GPU-0", name="H100", memory_total=80 *
 
 
 def _record(pid: int, name: str, args: tuple[str, ...] = ()) -> ProcessRecord:
-    gpu = GpuProcess(pid=pid, device=DEVICE, used_memory=GIB, kinds=frozenset({"compute"}), sm_utilization=5.0,
+    gpu = GpuProcess(pid=pid, device=DEVICE, used_memory=GIB, sm_utilization=5.0,
                      active=True)
     host = HostProcess(pid=pid, name=printable(name), start_time=1.0, cgroup="",
                        cmdline=tuple(printable(a) for a in args))
