@@ -78,11 +78,6 @@ class Attributor:
         self.metadata = RuntimeMetadata(options.host_root)
         self._index: Optional[AllocationIndex] = None
         self._api_called = False
-        self._api_error = ""
-
-    @classmethod
-    def for_host(cls, options: Options, devices: Sequence[Device]) -> Attributor:
-        return cls(options, devices)
 
     @property
     def index(self) -> Optional[AllocationIndex]:
@@ -96,7 +91,6 @@ class Attributor:
                 response = list_pod_resources(socket, self.options.pod_resources_timeout)
                 self._index = AllocationIndex(allocations(response, self.options.resource_names), self.devices)
             except PodResourcesUnavailable as err:
-                self._api_error = str(err)
                 log.info("kubelet pod-resources API unavailable, allocation not cross-checked: %s", err)
         return self._index
 

@@ -95,7 +95,7 @@ def self_metrics(up: bool, last_success: Optional[float], duration: float, drive
     if last_success is not None:
         families.append(GaugeMetricFamily(
             "gpu_proc_collector_last_success_timestamp_seconds",
-            "Unix time at which the last successful collection ended.", value=last_success))
+            "Unix time at which the last successful collection started.", value=last_success))
     families.append(GaugeMetricFamily(
         "gpu_proc_collector_duration_seconds", "Seconds the last collection took.", value=round(duration, 6)))
     build = GaugeMetricFamily("gpu_proc_collector_build_info", "Collector version and NVIDIA driver version.",

@@ -37,7 +37,6 @@ class Options:
 class Outcome:
     text: bytes
     ok: bool
-    reason: str
     state: State  # what to save once the file is written
 
 
@@ -48,7 +47,7 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
     def failed(reason: str, driver_version: str = "") -> Outcome:
         log.error("collection failed: %s", reason)
         text = render_failure(previous.last_success, time.monotonic() - started, driver_version)
-        return Outcome(text=text, ok=False, reason=reason, state=previous)
+        return Outcome(text=text, ok=False, state=previous)
 
     try:
         snapshot = nvml.read_snapshot(options.devices, previous.last_seen_us, int(now * 1_000_000))
@@ -60,7 +59,7 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
 
     procfs.use_host_root(options.host_root)
     hosts, dropped = _describe(snapshot.processes, options.command_args)
-    attributor = Attributor.for_host(options, snapshot.devices)
+    attributor = Attributor(options, snapshot.devices)
     last_active: dict[str, float] = {}
     records = []
     for proc in snapshot.processes:
@@ -89,7 +88,6 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
     return Outcome(
         text=render(report),
         ok=True,
-        reason="",
         state=State(last_success=now, last_seen_us=last_seen, last_active=last_active),
     )
 

@@ -98,6 +98,7 @@ class RuntimeMetadata:
         self.misses: Counter[str] = Counter()
         self._cache: dict[str, Optional[ContainerMeta]] = {}
         self._pod_logs: Optional[dict[str, tuple[str, str, list[str]]]] = None
+        self._docker_names: dict[str, str] = {}
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.host_root, *parts)
@@ -184,9 +185,12 @@ class RuntimeMetadata:
 
     def docker_name(self, container_id: str) -> str:
         """A plain docker container's name (`Name` without its leading slash), or its short id."""
-        try:
-            document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"))
-        except _Corrupt:
-            document = None
-        name = document.get("Name") if document else None
-        return name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
+        if container_id not in self._docker_names:
+            try:
+                document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"))
+            except _Corrupt:
+                document = None
+            name = document.get("Name") if document else None
+            found = name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
+            self._docker_names[container_id] = found
+        return self._docker_names[container_id]

@@ -260,3 +260,16 @@ def test_label_prefix_renames_the_kubernetes_labels_of_native_metrics_only(host:
     assert (labels["k8s_pod"], labels["k8s_namespace"], labels["k8s_container"]) == ("train", "ml", "main")
     assert "pod" not in labels
     assert info_of(result, 270)["pod"] == "train"  # the seed metrics keep the seed names
+
+
+def test_plain_docker_container(host: Host) -> None:
+    """docker 24 with the systemd cgroup driver, no Kubernetes: the container's name from config.v2.json."""
+    cid = "d" * 64
+    host.tree.write(f"var/lib/docker/containers/{cid}/config.v2.json",
+                    '{"ID": "' + cid + '", "Name": "/comfyui", "Config": {"Labels": {}}}')
+    host.tree.add_process(280, "python3", cgroup=f"0::/system.slice/docker-{cid}.scope\n")
+    host.tree.add_process(281, "python3", cgroup=f"0::/system.slice/docker-{'e' * 64}.scope\n")  # no config file
+    result = host.run(scenario([Gpu(0, compute=[proc(280), proc(281)])]))
+    assert owner_of(result, 280) == {"pod": "", "namespace": "", "container": "", "owner_kind": "docker",
+                                     "owner": "comfyui"}
+    assert owner_of(result, 281)["owner"] == "e" * 12
