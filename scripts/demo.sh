@@ -7,6 +7,6 @@ ensure_venv test
 build_fake_nvml
 DEMO="$REPO/.demo"
 rm -rf "$DEMO"
-scenario="$(.venv/bin/python -m tests.simhost demo "$DEMO")"
+scenario="$(.venv/bin/python -m tests.demo "$DEMO")"
 LD_LIBRARY_PATH="$REPO/tests/fake_nvml" FAKE_NVML_SCENARIO="$scenario" \
     .venv/bin/gpu-proc-collector --stdout --host-root "$DEMO/host" --state-dir "$DEMO/state" "$@"

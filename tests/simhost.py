@@ -1,6 +1,6 @@
 """Simulated GPU hosts: a fake host tree shaped like the real files, and the stand-in NVML scenario that goes with it.
 
-Used by the tests, the benchmark and the README's demo (`python -m tests.simhost demo DIR`). The /proc files follow
+Used by the tests, the benchmark and the README's demo (tests/demo.py). The /proc files follow
 proc(5) as the kernel writes them: `stat` with 52 fields and `starttime` in field 22, NUL-separated `cmdline`,
 `comm` with a trailing newline, and `/proc/stat` with `btime`.
 """
@@ -8,8 +8,6 @@ proc(5) as the kernel writes them: `stat` with 52 fields and `starttime` in fiel
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,52 +142,3 @@ def scenario(gpus: Iterable[Gpu], **top: Any) -> dict[str, Any]:
 def write_scenario(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(json.dumps(document, indent=1))
     return path
-
-
-# ---- the README's demo: an 8-GPU node, GPUs 6 and 7 in MIG mode ----
-
-MIG_LAYOUT_7X1G = [(slot, 9 + slot, 0, "1g.10gb", 10) for slot in range(7)]
-MIG_LAYOUT_MIXED = [(0, 1, 0, "3g.40gb", 40), (3, 5, 0, "2g.20gb", 20), (5, 13, 0, "1g.10gb", 10)]
-
-
-def demo(root: Path) -> Path:
-    """Builds the demo host under root; returns the scenario path."""
-    tree = HostTree(root / "host")
-    gpus = []
-    pid = 4000
-    for index in range(6):
-        g = Gpu(index)
-        for k in range(index % 3):  # GPUs 0 and 3 idle, others 1-2 processes
-            pid += 1
-            tree.add_process(pid, "python3", ["python3", "train.py", f"--rank={index}"], start_ticks=100000 + pid)
-            g.compute.append(proc(pid, (4 + 4 * k) * GIB))
-            g.samples += [{"pid": pid, "age_s": age, "sm": 40 + 10 * k + age} for age in (3, 2, 1)]
-        gpus.append(g)
-    for index, layout in ((6, MIG_LAYOUT_7X1G), (7, MIG_LAYOUT_MIXED)):
-        instances = []
-        for n, (slot, gi, ci, profile, gib) in enumerate(layout):
-            procs = []
-            if n % 2 == 0:
-                pid += 1
-                tree.add_process(pid, "tritonserver", ["tritonserver", "--model-repository=/models"],
-                                 start_ticks=100000 + pid)
-                procs.append(proc(pid, (gib // 2) * GIB))
-            instances.append(
-                mig_instance(index, slot=slot, gi=gi, ci=ci, profile=profile, total_gib=gib, compute=procs)
-            )
-        gpus.append(Gpu(index, mig=instances))
-    return write_scenario(root / "scenario.json", scenario(gpus))
-
-
-def main(argv: Sequence[str]) -> int:
-    if len(argv) != 2 or argv[0] != "demo":
-        print("usage: python -m tests.simhost demo DIR", file=sys.stderr)
-        return 2
-    root = Path(argv[1])
-    os.makedirs(root, exist_ok=True)
-    print(demo(root))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

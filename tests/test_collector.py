@@ -5,12 +5,14 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Host
+from tests.conftest import Host, Result
+from tests.demo import demo
 from tests.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
 SEED_FAMILIES = ["gpu_process_count", "gpu_total_processes", "gpu_process_info", "gpu_process_utilization",
@@ -323,3 +325,16 @@ def test_memory_utilisation_is_against_the_whole_gpu(host: Host) -> None:
     result = host.run(scenario([Gpu(0, compute=[proc(1601, H100_MEMORY * 9 // 10)])]))
     assert result.value("gpu_process_memory_utilization", pid="1601") == pytest.approx(90.0)
     assert result.value("gpu_device_unattributed_memory_bytes", gpu="0") == 512 * 1024**2
+
+
+def test_the_readme_demo_host(host: Host, tmp_path: Path) -> None:
+    """What ./scripts/demo.sh runs: the bundled 8-GPU scenario with pods, MIG GPUs and a host process."""
+    scenario_path = demo(tmp_path / "demo")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(host.lib), "FAKE_NVML_SCENARIO": str(scenario_path)}
+    run = subprocess.run([sys.executable, "-m", "collector", "--stdout", "--host-root", str(tmp_path / "demo/host"),
+                          "--state-dir", str(tmp_path / "state")], capture_output=True, env=env, check=False)
+    assert run.returncode == 0, run.stderr
+    result = Result(0, run.stdout.decode(), "", run.stdout.decode())
+    assert result.value("gpu_total_processes") == 12
+    assert len(result.series("gpu_process_count")) == 6 + 7 + 3  # 6 whole GPUs, 7 + 3 MIG instances
+    assert {lab["namespace"] for lab, _ in result.series("gpu_process_info")} == {"ml-team", "inference", ""}
