@@ -8,6 +8,7 @@ records for GPUs that failed while the others were read.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from collector.model import Device, FailedGpu, GpuProcess, MigInfo, NvmlSnapshot
 log = logging.getLogger(__name__)
 
 FIRST_RUN_WINDOW_US = 60_000_000  # with no previous timestamp, read the samples of the last minute
-NA_INSTANCE_ID = 0xFFFFFFFF
+NA_MEMORY = 0xFFFFFFFFFFFFFFFF
 
 # (list, the unversioned wrapper that needs the *_v3 symbol, the _v2 wrapper of R470..R495 drivers)
 PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
@@ -30,6 +31,61 @@ PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
 )
 
 _reported_missing: set[str] = set()
+
+
+class _ProcessInfoR535(ctypes.Structure):
+    """The 32-byte process entry early R535 drivers (535.54.x) write for *_RunningProcesses_v3 without changing
+    its version: pynvml's 24-byte array then comes back garbled from the second entry on (REFERENCE fact 13)."""
+
+    _fields_ = [
+        ("pid", ctypes.c_uint),
+        ("usedGpuMemory", ctypes.c_ulonglong),
+        ("gpuInstanceId", ctypes.c_uint),
+        ("computeInstanceId", ctypes.c_uint),
+        ("usedGpuCcProtectedMemory", ctypes.c_ulonglong),
+    ]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    pid: int
+    usedGpuMemory: Optional[int]  # the name pynvml's entries carry
+
+
+def _has_symbol(name: str) -> bool:
+    try:
+        pynvml._nvmlGetFunctionPointer(name)  # pynvml's own (private) symbol lookup, as nvitop uses it
+    except pynvml.NVMLError_FunctionNotFound:
+        return False
+    return True
+
+
+def _driver_writes_32_byte_entries() -> bool:
+    """nvitop's test for those drivers: the confidential-computing call exists, the R535.104 fix does not."""
+    if _has_symbol("nvmlDeviceGetConfComputeMemSizeInfo") and not _has_symbol("nvmlDeviceGetRunningProcessDetailList"):
+        if "r535-struct" not in _reported_missing:
+            _reported_missing.add("r535-struct")
+            log.info("this driver writes 32-byte process entries (early R535); reading them as such")
+        return True
+    return False
+
+
+def _running_processes_r535(handle: Any, wrapper: str) -> list[_Entry]:
+    """The count-then-fill call of pynvml's wrapper, with the 32-byte entry."""
+    fn = pynvml._nvmlGetFunctionPointer(wrapper + "_v3")
+    count = ctypes.c_uint(0)
+    ret = fn(handle, ctypes.byref(count), None)
+    if ret == pynvml.NVML_SUCCESS:
+        return []
+    if ret != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise pynvml.NVMLError(ret)
+    count.value = count.value * 2 + 5  # room for processes starting meanwhile, as pynvml allows
+    entries = (_ProcessInfoR535 * count.value)()
+    ret = fn(handle, ctypes.byref(count), entries)
+    if ret != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(ret)
+    return [_Entry(pid=int(e.pid), usedGpuMemory=None if e.usedGpuMemory == NA_MEMORY else int(e.usedGpuMemory))
+            for e in entries[: count.value]]
 
 
 class NvmlUnavailable(Exception):
@@ -141,9 +197,10 @@ class _Reader:
     def _process_lists(handle: Any) -> list[Any]:
         """The entries of the compute, graphics and MPS lists together."""
         entries: list[Any] = []
+        r535 = _driver_writes_32_byte_entries()
         for kind, current, older in PROCESS_LISTS:
             try:
-                entries.extend(getattr(pynvml, current)(handle))
+                entries.extend(_running_processes_r535(handle, current) if r535 else getattr(pynvml, current)(handle))
                 continue
             except pynvml.NVMLError_NotSupported:
                 continue

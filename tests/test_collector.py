@@ -194,18 +194,19 @@ def test_pids_missing_from_proc_are_dropped_and_counted(host: Host) -> None:
     assert result.value("gpu_proc_collector_processes_dropped", reason="pid_not_found") == 2
 
 
-def test_the_r535_process_struct_garble_is_caught_by_the_proc_guard(host: Host, fake_nvml: Path) -> None:
-    """Early R535 drivers wrote 32-byte entries into pynvml's 24-byte array (REFERENCE fact 13)."""
+def test_the_r535_32_byte_process_entries_are_read_as_such(host: Host, fake_nvml: Path) -> None:
+    """Early R535 drivers write 32-byte entries into pynvml's 24-byte array (REFERENCE fact 13); recognised as
+    nvitop does, they are read with the driver's layout: every process, with its own memory."""
     for pid in (1201, 1202, 1203):
         host.tree.add_process(pid)
-    gpus = [Gpu(0, compute=[proc(1201, GIB), proc(1202, GIB), proc(1203, GIB)])]
+    gpus = [Gpu(0, compute=[proc(1201, GIB), proc(1202, 2 * GIB), proc(1203, 3 * GIB)])]
     result = host.run(scenario(gpus), lib=fake_nvml / "r535")
 
     assert result.returncode == 0, result.stderr
-    reported = {lab["pid"] for lab, _ in result.series("gpu_process_info")}
-    assert reported <= {"1201", "1202", "1203"}
-    assert "1201" in reported  # the first entry lines up; the rest are shuffled
-    assert result.value("gpu_proc_collector_processes_dropped", reason="pid_not_found") >= 1
+    memory = {lab["pid"]: v for lab, v in result.series("gpu_process_memory_bytes")}
+    assert memory == {"1201": GIB, "1202": 2 * GIB, "1203": 3 * GIB}
+    assert result.value("gpu_proc_collector_processes_dropped", reason="pid_not_found") == 0
+    assert "32-byte process entries" in result.stderr
 
 
 def test_devices_option_filters_gpus(host: Host) -> None:

@@ -188,3 +188,15 @@ def test_a_malformed_scenario_fails_init_or_reads_as_no_gpus(tmp_path: Path, fak
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=60, check=False)
     init, count = json.loads(result.stdout)
     assert (init, count) in ((9, -1), (0, 0))
+
+
+def test_the_r535_variant_garbles_pynvmls_24_byte_entries(tmp_path: Path, fake_nvml: Path) -> None:
+    """What the collector works around: through plain pynvml the second entry on is shifted by 8 bytes."""
+    doc = scenario([Gpu(0, compute=[proc(10, 1000), proc(11, 2000), proc(12, 3000)])])
+    got = pynvml_run(tmp_path, fake_nvml / "r535", doc, """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        out([[p.pid, p.usedGpuMemory] for p in nvmlDeviceGetComputeRunningProcesses(h)])
+    """)
+    assert got[0] == [10, 1000]
+    assert got[1] != [11, 2000]  # the shuffle REFERENCE fact 13 describes
