@@ -163,7 +163,7 @@ def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
 
     device_set = _device_set(merged.get("devices"))
     _check_values(merged)
-    timeout = float(merged["pod_resources_timeout"]) if merged.get("pod_resources_timeout") is not None else 10.0
+    timeout = merged.get("pod_resources_timeout")
     label_prefix = merged.get("label_prefix") or ""
     max_series = merged.get("max_process_series")
     merged["deadline"] = float(merged.get("deadline") or DEFAULT_DEADLINE)
@@ -173,11 +173,11 @@ def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
         state_dir=merged.get("state_dir") or DEFAULT_STATE_DIR,
         devices=device_set,
         pod_resources_socket=merged.get("pod_resources_socket") or os.path.join(host_root, POD_RESOURCES_SOCKET),
-        pod_resources_timeout=timeout,
+        pod_resources_timeout=Options.pod_resources_timeout if timeout is None else float(timeout),
         resource_names=tuple(merged.get("resource_names") or ()),
         label_prefix=label_prefix,
         command_args=bool(merged.get("command_args")),
-        max_process_series=2000 if max_series is None else max_series,
+        max_process_series=Options.max_process_series if max_series is None else max_series,
     )
     return options, merged
 

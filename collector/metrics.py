@@ -16,6 +16,7 @@ from collector.model import Device, FailedGpu, ProcessRecord
 from collector.redact import args_label
 
 MIB = 1024 * 1024
+DEFAULT_MAX_PROCESS_SERIES = 2000  # sized for 8 GPUs x 7 MIG instances with dozens of processes each
 
 # Seed label sets (DESIGN.md §4): unchanged, so the seed's PromQL and panels work.
 SEED_INFO_LABELS = ["gpu", "pid", "command", "pod", "namespace", "container", "status", "gpu_memory"]
@@ -39,7 +40,7 @@ class Report:
     command_args: bool = False
     # Processes beyond this many get no series of their own: the largest memory holders keep theirs, the rest
     # are summed per device and owner (cardinality budget of one node).
-    max_process_series: int = 2000
+    max_process_series: int = DEFAULT_MAX_PROCESS_SERIES
     extra: Sequence[Metric] = field(default_factory=tuple)
 
 
@@ -75,7 +76,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def label_value(value: str) -> str:
     """Any text as a label value: lone surrogates (from undecodable bytes, or JSON escapes in a hostile runtime
     file) become U+FFFD, which UTF-8 can encode; over-long values are cut. Escaping is the library's job.
-    Applied to every value that comes from outside NVML: names from /proc, runtime files and kubelet."""
+    Applied to the names from runtime files and kubelet; names from /proc are cleaned where they are read
+    (procfs.printable, which maps undecodable bytes one for one)."""
     if not value.isascii():
         value = _SURROGATE.sub("\ufffd", value)
     return value[:MAX_LABEL_CHARS]
@@ -187,7 +189,7 @@ class _ReportFamilies:
 
     def add_process(self, record: ProcessRecord) -> None:
         proc, device, owner = record.gpu, record.gpu.device, record.owner
-        gpu, pid, command = device.label, str(proc.pid), label_value(record.host.name)
+        gpu, pid, command = device.label, str(proc.pid), record.host.name  # cleaned by procfs.printable
         pod, namespace, container, owner_name = (label_value(v) for v in (owner.pod, owner.namespace,
                                                                            owner.container, owner.name))
         k8s = [pod, namespace, container]
@@ -239,8 +241,8 @@ def _report_families(report: Report) -> Iterator[Metric]:
     for record in records:
         f.add_process(record)
         if report.command_args:
-            f.command.add_metric([record.gpu.device.label, str(record.gpu.pid), label_value(record.host.name),
-                                  label_value(args_label(record.host.cmdline))], 1.0)
+            f.command.add_metric([record.gpu.device.label, str(record.gpu.pid), record.host.name,
+                                  args_label(record.host.cmdline)], 1.0)
     for record in report.records:
         per_device[record.gpu.device.label] += 1
         accounted[record.gpu.device.label] += record.gpu.used_memory or 0

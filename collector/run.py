@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from collector import nvml, procfs
 from collector.attribution import Attributor
-from collector.metrics import Report, render, render_failure
+from collector.metrics import DEFAULT_MAX_PROCESS_SERIES, Report, render, render_failure
 from collector.model import GpuProcess, HostProcess, ProcessRecord
 from collector.state import State, process_key
 
@@ -30,7 +30,7 @@ class Options:
     resource_names: tuple[str, ...] = ()
     label_prefix: str = ""
     command_args: bool = False  # export redacted command lines (gpu_process_command_info)
-    max_process_series: int = 2000  # per-process series per node; beyond it, aggregated per owner
+    max_process_series: int = DEFAULT_MAX_PROCESS_SERIES  # per-process series per node; beyond it, aggregated
 
 
 @dataclass(frozen=True)
