@@ -33,16 +33,13 @@ log = logging.getLogger(__name__)
 
 def resolve(ref: DeviceRef, devices: Sequence[Device]) -> set[str]:
     """The labels of this host's units a device id stands for (a whole GPU allocated on a MIG GPU: all of it)."""
-    def parent(d: Device) -> str:
-        return d.mig.parent_uuid if d.mig else d.uuid
-
     if ref.uuid:
         if ref.gpu_instance is not None:  # old-style MIG-GPU-<uuid>/<gi>/<ci>
-            return {d.label for d in devices if d.mig and parent(d) == ref.uuid
+            return {d.label for d in devices if d.mig and d.gpu_uuid == ref.uuid
                     and d.mig.gpu_instance_id == ref.gpu_instance
                     and ref.compute_instance in (None, d.mig.compute_instance_id)}
         exact = {d.label for d in devices if d.uuid == ref.uuid}
-        return exact or {d.label for d in devices if parent(d) == ref.uuid}
+        return exact or {d.label for d in devices if d.gpu_uuid == ref.uuid}
     if ref.index is not None:
         return {d.label for d in devices if d.index == ref.index
                 and (ref.gpu_instance is None or (d.mig is not None and d.mig.gpu_instance_id == ref.gpu_instance))}

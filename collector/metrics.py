@@ -249,7 +249,7 @@ def _report_families(report: Report) -> Iterator[Metric]:
     for device in report.devices:
         f.add_device(device, per_device[device.label], accounted[device.label])
     f.total.add_metric([], float(sum(per_device.values())))
-    for index, uuid in sorted({(d.index, d.mig.parent_uuid if d.mig else d.uuid) for d in report.devices}):
+    for index, uuid in sorted({(d.index, d.gpu_uuid) for d in report.devices}):
         f.gpu_up.add_metric([str(index), uuid], 1.0)
     for failed in report.failed_gpus:
         f.gpu_up.add_metric([str(failed.index), failed.uuid], 0.0)

@@ -26,6 +26,11 @@ class Device:
     memory_used: Optional[int]
     mig: Optional[MigInfo] = None
 
+    @property
+    def gpu_uuid(self) -> str:
+        """The physical GPU's UUID: its own, or a MIG instance's parent's."""
+        return self.mig.parent_uuid if self.mig else self.uuid
+
 
 @dataclass(frozen=True)
 class FailedGpu:
