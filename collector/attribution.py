@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Optional
-
-from prometheus_client.core import GaugeMetricFamily, Metric
+from dataclasses import dataclass
+from typing import Optional
 
 from collector.cgroups import parse_cgroup
-from collector.model import Device, HostProcess, Owner
+from collector.model import AttributionFacts, Device, HostProcess, Owner, OwnerKind
 from collector.podresources import (
     ContainerAllocation,
     DeviceRef,
@@ -24,9 +23,6 @@ from collector.podresources import (
     list_pod_resources,
 )
 from collector.runtimes import RuntimeMetadata
-
-if TYPE_CHECKING:
-    from collector.run import Options
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +64,19 @@ class AllocationIndex:
         return self.by_pod.get((owner.namespace, owner.pod), set())
 
 
+@dataclass(frozen=True)
+class AttributionSettings:
+    host_root: str  # runtime metadata and kubelet's files are read under it
+    pod_resources_socket: str  # "" when there is none to call
+    pod_resources_timeout: float  # seconds
+    resource_names: tuple[str, ...] = ()  # extended-resource names that carry GPUs, beyond NVIDIA's own
+
+
 class Attributor:
-    def __init__(self, options: Options, devices: Sequence[Device]) -> None:
-        self.options = options
+    def __init__(self, settings: AttributionSettings, devices: Sequence[Device]) -> None:
+        self.settings = settings
         self.devices = devices
-        self.metadata = RuntimeMetadata(options.host_root)
+        self.metadata = RuntimeMetadata(settings.host_root)
         self._index: Optional[AllocationIndex] = None
         self._api_called = False
 
@@ -81,12 +85,12 @@ class Attributor:
         """kubelet's allocation, from one List call made the first time it is needed; None if unavailable."""
         if not self._api_called:
             self._api_called = True
-            socket = self.options.pod_resources_socket
+            socket = self.settings.pod_resources_socket
             try:
                 if not socket:
                     raise PodResourcesUnavailable("no pod-resources socket configured")
-                response = list_pod_resources(socket, self.options.pod_resources_timeout)
-                self._index = AllocationIndex(allocations(response, self.options.resource_names), self.devices)
+                response = list_pod_resources(socket, self.settings.pod_resources_timeout)
+                self._index = AllocationIndex(allocations(response, self.settings.resource_names), self.devices)
             except PodResourcesUnavailable as err:
                 log.info("kubelet pod-resources API unavailable, allocation not cross-checked: %s", err)
         return self._index
@@ -95,8 +99,8 @@ class Attributor:
         """The owner of the process, and whether it runs on a device kubelet did not give it (None: unknown)."""
         cg = parse_cgroup(host.cgroup)
         index = self.index
-        if cg.kind != "pod":
-            name = self.metadata.docker_name(cg.container_id) if cg.kind == "docker" else cg.name
+        if cg.kind != OwnerKind.POD:
+            name = self.metadata.docker_name(cg.container_id) if cg.kind == OwnerKind.DOCKER else cg.name
             owner = Owner(kind=cg.kind, name=name, container_id=cg.container_id)
             if index is None:
                 return owner, None
@@ -105,9 +109,9 @@ class Attributor:
         if meta is None:
             log.info("pid %d: pod %s container %s not found in any runtime's metadata", host.pid, cg.pod_uid,
                      cg.container_id[:12] or "-")
-            return Owner(kind="pod", name=cg.pod_uid, pod_uid=cg.pod_uid, container_id=cg.container_id), None
+            return Owner(kind=OwnerKind.POD, name=cg.pod_uid, pod_uid=cg.pod_uid, container_id=cg.container_id), None
         owner = Owner(
-            kind="pod",
+            kind=OwnerKind.POD,
             name=f"{meta.namespace}/{meta.pod}",
             pod=meta.pod,
             namespace=meta.namespace,
@@ -117,18 +121,8 @@ class Attributor:
         )
         return owner, None if index is None else device.label not in index.allowed(owner)
 
-    def self_metrics(self) -> list[Metric]:
-        families: list[Metric] = []
-        if self._api_called:
-            up = GaugeMetricFamily(
-                "gpu_proc_collector_pod_resources_up",
-                "1 if kubelet's pod-resources List answered this run, 0 if not (allocation not cross-checked).")
-            up.add_metric([], 1.0 if self._index is not None else 0.0)
-            families.append(up)
-        misses = GaugeMetricFamily(
-            "gpu_proc_collector_metadata_misses",
-            "Container lookups this run that found no usable runtime metadata file, by reason.", labels=["reason"])
-        for reason in ("corrupt", "not_found"):
-            misses.add_metric([reason], float(self.metadata.misses.get(reason, 0)))
-        families.append(misses)
-        return families
+    def facts(self) -> AttributionFacts:
+        return AttributionFacts(
+            pod_resources_up=(self._index is not None) if self._api_called else None,
+            metadata_misses=dict(self.metadata.misses),
+        )

@@ -1,4 +1,5 @@
-"""Command line: options and config file, one collection (or one per --interval), the file, exit codes.
+"""Command line: options and config file into one Settings record, one collection (or one per --interval), the
+file, exit codes.
 
 Exit codes: 0 collected and written; 1 collection failed (the file says gpu_proc_collector_up 0); 2 bad usage or
 configuration; 3 the file could not be written (the previous one is untouched); 4 the run passed its deadline (the
@@ -13,61 +14,38 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Optional
 
 from collector import __version__, state
 from collector.metrics import render_failure
-from collector.run import Options, collect
+from collector.run import collect
+from collector.settings import (
+    CONFIG_TYPES,
+    DEFAULTS,
+    LOG_LEVELS,
+    POD_RESOURCES_SOCKET,
+    TEXTFILE_NAME,
+    Settings,
+    UsageError,
+    build,
+    check_types,
+    parse_devices,
+)
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger("gpu-proc-collector")
 
-TEXTFILE_NAME = "gpu_processes.prom"
-DEFAULT_STATE_DIR = "/var/lib/gpu-proc-collector"
-POD_RESOURCES_SOCKET = "var/lib/kubelet/pod-resources/kubelet.sock"
-
 EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_DEADLINE, EXIT_LOCKED = 0, 1, 2, 3, 4, 75
-DEFAULT_DEADLINE = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
 
-# Config file keys (JSON object) and the option each one sets; the command line wins over the file.
-CONFIG_KEYS: dict[str, Union[type, tuple[type, ...]]] = {
-    "textfile_dir": str,
-    "host_root": str,
-    "state_dir": str,
-    "devices": list,
-    "pod_resources_socket": str,
-    "pod_resources_timeout": (int, float),
-    "resource_names": list,
-    "label_prefix": str,
-    "interval": (int, float),
-    "log_level": str,
-    "command_args": bool,
-    "max_process_series": int,
-    "deadline": (int, float),
-}
-
-
-class UsageError(Exception):
-    pass
-
-
-def parse_devices(text: str) -> frozenset[int]:
-    """`0,1,3` (the seed's gpu.devices) -> {0, 1, 3}; empty means every GPU."""
-    try:
-        devices = frozenset(int(part) for part in text.replace(" ", "").split(",") if part != "")
-    except ValueError:
-        raise UsageError(f"--devices takes GPU indices separated by commas, e.g. 0,1 (got {text!r})") from None
-    if any(d < 0 for d in devices):
-        raise UsageError(f"--devices takes non-negative GPU indices (got {text!r})")
-    return devices
+__all__ = ["UsageError", "main", "parse_devices", "settings"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
     parser = argparse.ArgumentParser(
         prog="gpu-proc-collector",
         description="List every GPU process through NVML, find its pod, container or other owner from local "
@@ -78,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"write DIR/{TEXTFILE_NAME} atomically (node_exporter's --collector.textfile.directory)")
     out.add_argument("--stdout", action="store_true", help="print the metrics instead of writing a file "
                      "(the default when no --textfile-dir is given)")
-    parser.add_argument("--host-root", metavar="DIR", help="read every host path under DIR (default /)")
-    parser.add_argument("--state-dir", metavar="DIR", help=f"where runs keep state (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--host-root", metavar="DIR", help=f"read every host path under DIR (default {d.host_root})")
+    parser.add_argument("--state-dir", metavar="DIR", help=f"where runs keep state (default {d.state_dir})")
     parser.add_argument("--devices", metavar="LIST", help="only these GPU indices, e.g. 0,1 (default: all)")
     parser.add_argument("--pod-resources-socket", metavar="PATH",
                         help=f"kubelet pod-resources socket (default <host-root>/{POD_RESOURCES_SOCKET})")
     parser.add_argument("--pod-resources-timeout", metavar="SECONDS", type=float,
-                        help="deadline of the pod-resources call (default 10)")
+                        help=f"deadline of the pod-resources call (default {d.pod_resources_timeout:g})")
     parser.add_argument("--resource-name", metavar="NAME", action="append", dest="resource_names",
                         help="extra extended-resource name that carries GPUs (repeatable); nvidia.com/gpu, "
                         "nvidia.com/gpu.shared and nvidia.com/mig-* are always recognised")
@@ -94,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export each process's command line, secrets redacted, as gpu_process_command_info "
                         "(off by default: command lines can hold secrets)")
     parser.add_argument("--max-process-series", metavar="N", type=int,
-                        help="per-process series per node (default 2000); beyond it the largest memory holders keep "
-                        "theirs and the rest are summed per device and owner")
+                        help=f"per-process series per node (default {d.max_process_series}); beyond it the largest "
+                        "memory holders keep theirs and the rest are summed per device and owner")
     parser.add_argument("--deadline", metavar="SECONDS", type=float,
-                        help="a run that takes longer writes gpu_proc_collector_up 0 and exits 4 (default 40)")
+                        help=f"a run that takes longer writes gpu_proc_collector_up 0 and exits 4 "
+                        f"(default {d.deadline:g})")
     parser.add_argument("--interval", metavar="SECONDS", type=float,
                         help="keep running, one collection per interval (default: one collection, then exit)")
-    parser.add_argument("--config", metavar="FILE", help="JSON file with any of: " + ", ".join(CONFIG_KEYS))
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    parser.add_argument("--config", metavar="FILE", help="JSON file with any of: " + ", ".join(CONFIG_TYPES))
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {d.log_level}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -116,70 +95,21 @@ def load_config(path: str) -> dict[str, Any]:
         raise UsageError(f"config {path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise UsageError(f"config {path} must be a JSON object")
-    for key, value in config.items():
-        if key not in CONFIG_KEYS:
-            raise UsageError(f"config {path}: unknown key {key!r} (known: {', '.join(CONFIG_KEYS)})")
-        wrong_bool = isinstance(value, bool) and CONFIG_KEYS[key] is not bool
-        if value is not None and (wrong_bool or not isinstance(value, CONFIG_KEYS[key])):
-            raise UsageError(f"config {path}: {key} has the wrong type ({type(value).__name__})")
+    check_types(config, f"config {path}")
     return config
 
 
-def _device_set(devices: Any) -> Optional[frozenset[int]]:
-    """The --devices option or the config's list; None (every GPU) when empty or absent."""
-    if isinstance(devices, list):
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices):
-            raise UsageError("devices must list non-negative GPU indices")
-        return frozenset(devices) or None
-    if isinstance(devices, str):
-        return parse_devices(devices) or None
-    return None
-
-
-def _check_values(merged: dict[str, Any]) -> None:
-    for key, option in (("interval", "--interval"), ("pod_resources_timeout", "--pod-resources-timeout"),
-                        ("deadline", "--deadline")):
-        if merged.get(key) is not None and merged[key] <= 0:
-            raise UsageError(f"{option} must be a positive number of seconds")
-    if merged.get("max_process_series") is not None and merged["max_process_series"] < 0:
-        raise UsageError("--max-process-series must be 0 or more")
-    label_prefix = merged.get("label_prefix") or ""
-    if label_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label_prefix):
-        raise UsageError(f"--label-prefix must be letters, digits and underscores (got {label_prefix!r})")
-    if not all(isinstance(name, str) and name for name in merged.get("resource_names") or ()):
-        raise UsageError("resource_names must list extended-resource names")
-
-
-def settings(argv: Optional[Sequence[str]]) -> tuple[Options, dict[str, Any]]:
+def settings(argv: Optional[Sequence[str]]) -> Settings:
+    """The config file's values, overridden by the command line's. Raises UsageError."""
     args = build_parser().parse_args(argv)
-    merged: dict[str, Any] = load_config(args.config) if args.config else {}
-    for key in CONFIG_KEYS:
+    values: dict[str, Any] = load_config(args.config) if args.config else {}
+    for key in CONFIG_TYPES:
         value = getattr(args, key, None)
         if value is not None:
-            merged[key] = value
-    merged["stdout"] = args.stdout or not merged.get("textfile_dir")
+            values[key] = value
     if args.stdout:
-        merged.pop("textfile_dir", None)
-
-    device_set = _device_set(merged.get("devices"))
-    _check_values(merged)
-    timeout = merged.get("pod_resources_timeout")
-    label_prefix = merged.get("label_prefix") or ""
-    max_series = merged.get("max_process_series")
-    merged["deadline"] = float(merged.get("deadline") or DEFAULT_DEADLINE)
-    host_root = merged.get("host_root") or "/"
-    options = Options(
-        host_root=host_root,
-        state_dir=merged.get("state_dir") or DEFAULT_STATE_DIR,
-        devices=device_set,
-        pod_resources_socket=merged.get("pod_resources_socket") or os.path.join(host_root, POD_RESOURCES_SOCKET),
-        pod_resources_timeout=Options.pod_resources_timeout if timeout is None else float(timeout),
-        resource_names=tuple(merged.get("resource_names") or ()),
-        label_prefix=label_prefix,
-        command_args=bool(merged.get("command_args")),
-        max_process_series=Options.max_process_series if max_series is None else max_series,
-    )
-    return options, merged
+        values["textfile_dir"] = None
+    return build(values)
 
 
 class RunLock:
@@ -211,13 +141,13 @@ class RunLock:
             self._file = None
 
 
-def write_output(text: bytes, merged: dict[str, Any]) -> int:
-    if merged["stdout"]:
+def write_output(text: bytes, settings: Settings) -> int:
+    if settings.textfile is None:
         sys.stdout.buffer.write(text)
         sys.stdout.flush()
         return EXIT_OK
     try:
-        atomic_write(os.path.join(merged["textfile_dir"], TEXTFILE_NAME), text)
+        atomic_write(settings.textfile, text)
     except WriteError as err:
         log.error("%s (the previous file is left as it was)", err)
         return EXIT_WRITE_FAILED
@@ -226,14 +156,18 @@ def write_output(text: bytes, merged: dict[str, Any]) -> int:
 
 class Watchdog:
     """Bounds a whole run: NVML calls are C calls no Python timeout can interrupt, so past the deadline another
-    thread writes the failed-run file (up 0, no process series) and ends the process. It never overwrites a
-    file the run itself is already writing."""
+    thread writes the failed-run file (up 0, no process series) and ends the process.
 
-    def __init__(self, seconds: float, merged: dict[str, Any], previous: state.State) -> None:
+    Exactly one of the two publishes: the run and the watchdog each take `publishing` and look at `settled`
+    under it. Whoever comes first writes and settles; the other does nothing. So the watchdog can never overwrite
+    a file the run has written, even when it fires between the run's write and its cancel."""
+
+    def __init__(self, seconds: float, settings: Settings, previous: state.State) -> None:
         self.seconds = seconds
-        self.merged = merged
+        self.settings = settings
         self.previous = previous
-        self.publishing = threading.Lock()
+        self._publishing = threading.Lock()
+        self._settled = False
         self._timer = threading.Timer(seconds, self._expired)
         self._timer.daemon = True
 
@@ -244,32 +178,41 @@ class Watchdog:
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
 
+    def publish(self, text: bytes) -> int:
+        """Writes the run's own file, unless the watchdog already wrote its own (then this process is ending)."""
+        with self._publishing:
+            if self._settled:  # not reached: the watchdog ends the process while it holds the lock
+                return EXIT_DEADLINE
+            self._settled = True
+            return write_output(text, self.settings)
+
     def _expired(self) -> None:
-        if not self.publishing.acquire(blocking=False):
-            return  # the run is writing its own result
-        log.error("the run exceeded its %g s deadline (an NVML call hung?); writing gpu_proc_collector_up 0",
-                  self.seconds)
-        write_output(render_failure(self.previous.last_success, self.seconds), self.merged)
-        sys.stderr.flush()
-        os._exit(EXIT_DEADLINE)
+        with self._publishing:
+            if self._settled:
+                return  # the run published its own result
+            self._settled = True
+            log.error("the run exceeded its %g s deadline (an NVML call hung?); writing gpu_proc_collector_up 0",
+                      self.seconds)
+            write_output(render_failure(self.previous.last_success, self.seconds), self.settings)
+            sys.stderr.flush()
+            os._exit(EXIT_DEADLINE)
 
 
-def run_once(options: Options, merged: dict[str, Any]) -> int:
-    lock = RunLock(options.state_dir)
+def run_once(settings: Settings) -> int:
+    lock = RunLock(settings.state_dir)
     if not lock.acquire():
         log.error("another gpu-proc-collector run holds %s; this one exits without collecting", lock.path)
         return EXIT_LOCKED
     try:
-        previous = state.load(options.state_dir)
-        with Watchdog(merged["deadline"], merged, previous) as watchdog:
-            outcome = collect(options, previous)
-            with watchdog.publishing:
-                code = write_output(outcome.text, merged)
+        previous = state.load(settings.state_dir)
+        with Watchdog(settings.deadline, settings, previous) as watchdog:
+            outcome = collect(settings, previous)
+            code = watchdog.publish(outcome.text)
         if code != EXIT_OK:
             return code
         if not outcome.ok:
             return EXIT_COLLECTION_FAILED
-        state.save(options.state_dir, outcome.state)
+        state.save(settings.state_dir, outcome.state)
         return EXIT_OK
     finally:
         lock.release()
@@ -278,19 +221,18 @@ def run_once(options: Options, merged: dict[str, Any]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(stream=sys.stderr, format="gpu-proc-collector: %(levelname)s: %(message)s")
     try:
-        options, merged = settings(argv)
+        current = settings(argv)
     except UsageError as err:
         print(f"gpu-proc-collector: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    logging.getLogger().setLevel((merged.get("log_level") or "info").upper())
-    interval = merged.get("interval")
-    if interval is None:
-        return run_once(options, merged)
+    logging.getLogger().setLevel(current.log_level.upper())
+    if current.interval is None:
+        return run_once(current)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     code = EXIT_OK
     while not stop.is_set():
-        code = run_once(options, merged)
-        stop.wait(float(interval))
+        code = run_once(current)
+        stop.wait(current.interval)
     return code

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
+
+
+class OwnerKind:
+    """Who a process can belong to: the `owner_kind` label's values, named once for the cgroup parser, the
+    attribution and the metrics."""
+
+    POD = "pod"  # a Kubernetes pod's container (containerd, CRI-O, cri-dockerd)
+    DOCKER = "docker"  # a plain docker container
+    PODMAN = "podman"  # a podman container (rootful or rootless)
+    SYSTEMD = "systemd"  # a systemd service
+    SLURM = "slurm"  # a Slurm job step
+    HOST = "host"  # anything else: a user session, a shell, an unrecognised cgroup
+
+
+OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.SYSTEMD, OwnerKind.SLURM, OwnerKind.HOST)
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,8 @@ class NvmlSnapshot:
     devices: tuple[Device, ...]
     processes: tuple[GpuProcess, ...]
     failed_gpus: tuple[FailedGpu, ...]
+    # Wall-clock time (s) once every process list was read: a PID whose /proc start time is later is a reused PID.
+    listed_at: float = 0.0
     # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
     last_seen_us: dict[str, int] = field(default_factory=dict)
 
@@ -73,9 +91,9 @@ class HostProcess:
 
 @dataclass(frozen=True)
 class Owner:
-    """Who a process belongs to. kind: pod, docker, systemd, slurm or host."""
+    """Who a process belongs to. kind: one of OWNER_KINDS."""
 
-    kind: str = "host"
+    kind: str = OwnerKind.HOST
     name: str = ""
     pod: str = ""
     namespace: str = ""
@@ -95,3 +113,14 @@ class ProcessRecord:
     # True: on a device kubelet did not allocate to it; None: not known (no pod-resources answer, not a pod's
     # process on an unallocated device)
     unallocated: Optional[bool] = None
+
+
+METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
+
+
+@dataclass(frozen=True)
+class AttributionFacts:
+    """What attribution learnt about its own sources this run, for the self metrics."""
+
+    pod_resources_up: Optional[bool]  # kubelet's List answered; None when it was not needed (no process to check)
+    metadata_misses: Mapping[str, int]  # container lookups with no usable runtime file, by reason

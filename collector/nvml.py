@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -296,6 +297,7 @@ def read_snapshot(
         for index in range(count):
             if devices is None or index in devices:
                 reader.read_gpu(index)
+        listed_at = time.time()  # every process list has been read by now
         missing = sorted(set(devices or ()) - set(range(count)))
         if missing:
             log.warning("--devices names GPUs this host does not have: %s", ",".join(map(str, missing)))
@@ -304,6 +306,7 @@ def read_snapshot(
             devices=tuple(reader.devices),
             processes=tuple(reader.processes),
             failed_gpus=tuple(reader.failed),
+            listed_at=listed_at,
             last_seen_us=reader.last_seen_us,
         )
     finally:

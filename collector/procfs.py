@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Optional
 
 import psutil
 
@@ -37,11 +36,20 @@ def read_cgroup(pid: int) -> str:
         return ""
 
 
-def describe(pid: int, with_cmdline: bool = False) -> Optional[HostProcess]:
-    """What /proc says about pid; None when there is no such process (it exited, or NVML reported garbage).
-    The command line is read only when asked for (it can hold secrets; see collector.redact)."""
+class ProcessUnavailable(Exception):
+    """/proc cannot describe the PID. reason: pid_not_found (no such process: it exited, or NVML listed garbage)
+    or access_denied (/proc hides it, e.g. mounted with hidepid=)."""
+
+    def __init__(self, pid: int, reason: str) -> None:
+        super().__init__(f"pid {pid}: {reason}")
+        self.reason = reason
+
+
+def describe(pid: int, with_cmdline: bool = False) -> HostProcess:
+    """What /proc says about pid; raises ProcessUnavailable. The command line is read only when asked for (it can
+    hold secrets; see collector.redact)."""
     if pid <= 0:
-        return None
+        raise ProcessUnavailable(pid, "pid_not_found")
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -52,10 +60,10 @@ def describe(pid: int, with_cmdline: bool = False) -> Optional[HostProcess]:
                 with contextlib.suppress(psutil.AccessDenied):
                     cmdline = tuple(printable(arg) for arg in proc.cmdline())
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
+        raise ProcessUnavailable(pid, "pid_not_found") from None
     except psutil.AccessDenied as err:
         log.debug("pid %d: %s", pid, err)
-        return None
+        raise ProcessUnavailable(pid, "access_denied") from None
     return HostProcess(
         pid=pid,
         name=printable(name),

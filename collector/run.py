@@ -1,6 +1,8 @@
 """One collection: discover (NVML) -> describe (/proc) -> attribute -> render. Returns the file and the next state.
 
-Nothing here writes: the caller writes the file, and saves the state only once the file is written.
+Nothing here writes: the caller writes the file, and saves the state only once the file is written. Whatever goes
+wrong inside a collection, the outcome is a file: a failed one (gpu_proc_collector_up 0, no process series) when
+NVML cannot be read or something unexpected happens, so an old file never outlives a broken run.
 """
 
 from __future__ import annotations
@@ -12,25 +14,20 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from collector import nvml, procfs
-from collector.attribution import Attributor
-from collector.metrics import DEFAULT_MAX_PROCESS_SERIES, Report, render, render_failure
-from collector.model import GpuProcess, HostProcess, ProcessRecord
+from collector.attribution import AttributionSettings, Attributor
+from collector.metrics import Report, render_failure, render_report
+from collector.model import GpuProcess, HostProcess, NvmlSnapshot, ProcessRecord
+from collector.settings import Settings
 from collector.state import State, process_key
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Options:
-    host_root: str = "/"
-    state_dir: str = "/var/lib/gpu-proc-collector"
-    devices: Optional[frozenset[int]] = None
-    pod_resources_socket: Optional[str] = None
-    pod_resources_timeout: float = 10.0
-    resource_names: tuple[str, ...] = ()
-    label_prefix: str = ""
-    command_args: bool = False  # export redacted command lines (gpu_process_command_info)
-    max_process_series: int = DEFAULT_MAX_PROCESS_SERIES  # per-process series per node; beyond it, aggregated
+# Why a PID NVML listed gets no series (gpu_proc_collector_processes_dropped{reason}).
+DROP_REASONS = (
+    "pid_not_found",  # not under /proc: it exited between the two reads, or the driver's list was garbled
+    "pid_reused",  # under /proc, but started after NVML's list was read: another process got the PID
+    "access_denied",  # /proc hides it from us (hidepid=, a PID namespace we cannot read)
+)
 
 
 @dataclass(frozen=True)
@@ -40,9 +37,8 @@ class Outcome:
     state: State  # what to save once the file is written
 
 
-def collect(options: Options, previous: State, clock: Callable[[], float] = time.time) -> Outcome:
+def collect(settings: Settings, previous: State, clock: Callable[[], float] = time.time) -> Outcome:
     started = time.monotonic()
-    now = clock()
 
     def failed(reason: str, driver_version: str = "") -> Outcome:
         log.error("collection failed: %s", reason)
@@ -50,16 +46,30 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
         return Outcome(text=text, ok=False, state=previous)
 
     try:
-        snapshot = nvml.read_snapshot(options.devices, previous.last_seen_us, int(now * 1_000_000))
+        return _collect(settings, previous, clock(), started, failed)
+    except Exception as err:  # a bug or an input nobody foresaw: a failed file and one line, never a traceback
+        log.debug("unexpected error", exc_info=True)
+        return failed(f"unexpected {type(err).__name__}: {err}")
+
+
+def _collect(settings: Settings, previous: State, now: float, started: float,
+             failed: Callable[..., Outcome]) -> Outcome:
+    try:
+        snapshot = nvml.read_snapshot(settings.devices, previous.last_seen_us, int(now * 1_000_000))
     except nvml.NvmlUnavailable as err:
         return failed(str(err))
     if snapshot.failed_gpus and not snapshot.devices:
         reasons = "; ".join(f"GPU {f.index}: {f.reason}" for f in snapshot.failed_gpus)
         return failed(f"every GPU failed ({reasons})", snapshot.driver_version)
 
-    procfs.use_host_root(options.host_root)
-    hosts, dropped = _describe(snapshot.processes, options.command_args)
-    attributor = Attributor(options, snapshot.devices)
+    procfs.use_host_root(settings.host_root)
+    hosts, dropped = _describe(snapshot, settings.command_args)
+    attributor = Attributor(AttributionSettings(
+        host_root=settings.host_root,
+        pod_resources_socket=settings.socket,
+        pod_resources_timeout=settings.pod_resources_timeout,
+        resource_names=settings.resource_names,
+    ), snapshot.devices)
     last_active: dict[str, float] = {}
     records = []
     for proc in snapshot.processes:
@@ -80,35 +90,44 @@ def collect(options: Options, previous: State, clock: Callable[[], float] = time
         dropped=dropped,
         timestamp=now,
         duration=time.monotonic() - started,
-        label_prefix=options.label_prefix,
-        command_args=options.command_args,
-        max_process_series=options.max_process_series,
-        extra=attributor.self_metrics(),
+        label_prefix=settings.label_prefix,
+        command_args=settings.command_args,
+        max_process_series=settings.max_process_series,
+        attribution=attributor.facts(),
     )
     return Outcome(
-        text=render(report),
+        text=render_report(report),
         ok=True,
         state=State(last_success=now, last_seen_us=last_seen, last_active=last_active),
     )
 
 
-def _describe(processes: Collection[GpuProcess], with_cmdline: bool) -> tuple[dict[int, HostProcess], dict[str, int]]:
-    """Reads /proc once per PID. A PID that is not there (it exited, or a driver bug garbled the list) is
-    dropped and counted: never a made-up process."""
+def _describe(snapshot: NvmlSnapshot, with_cmdline: bool) -> tuple[dict[int, HostProcess], dict[str, int]]:
+    """Reads /proc once per PID. A PID that cannot be the process NVML listed (gone, reused, hidden) is dropped and
+    counted by reason: never a made-up process, never one process's owner on another's GPU memory."""
     hosts: dict[int, HostProcess] = {}
-    missing: set[int] = set()
+    unusable: dict[int, str] = {}
+    processes: Collection[GpuProcess] = snapshot.processes
     for proc in processes:
-        if proc.pid in hosts or proc.pid in missing:
+        if proc.pid in hosts or proc.pid in unusable:
             continue
-        host = procfs.describe(proc.pid, with_cmdline)
-        if host is None:
-            missing.add(proc.pid)
+        try:
+            host = procfs.describe(proc.pid, with_cmdline)
+        except procfs.ProcessUnavailable as err:
+            unusable[proc.pid] = err.reason
+            continue
+        if snapshot.listed_at and host.start_time > snapshot.listed_at:
+            unusable[proc.pid] = "pid_reused"
         else:
             hosts[proc.pid] = host
-    if missing:
-        log.info("PIDs listed by NVML but not under /proc (exited, or a garbled list): %s",
-                 ",".join(map(str, sorted(missing)[:20])))
-    return hosts, {"pid_not_found": sum(1 for p in processes if p.pid in missing)}
+    if unusable:
+        log.info("PIDs listed by NVML that this run cannot report: %s",
+                 ", ".join(f"{pid} ({why})" for pid, why in sorted(unusable.items())[:20]))
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for proc in processes:
+        if proc.pid in unusable:
+            dropped[unusable[proc.pid]] += 1
+    return hosts, dropped
 
 
 def _idle_seconds(

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import podresources_v1_pb2 as api
-from collector.metrics import Report, render
+from collector.metrics import Report, render_report
 from collector.model import Device, GpuProcess, HostProcess, Owner, ProcessRecord
 from collector.podresources import allocations, parse_device_id
 from collector.procfs import printable
@@ -285,7 +285,7 @@ def _render(names: list[str], args: tuple[str, ...] = ()) -> str:
     records = [_record(1000 + n, name, args) for n, name in enumerate(names)]
     report = Report(driver_version="580", devices=[DEVICE], failed_gpus=[], records=records, dropped={},
                     timestamp=1.0, duration=0.1, command_args=bool(args))
-    return render(report).decode()
+    return render_report(report).decode()
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

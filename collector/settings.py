@@ -1,0 +1,138 @@
+"""The run's settings: one frozen, typed record with one default per value, built from the config file and the
+command line (which wins). Every other module reads a `Settings` (or a part of it), never a raw dict.
+
+The config file is a JSON object whose keys are the field names below; `CONFIG_TYPES` says which JSON types each
+accepts, and an unknown key or a wrong type is a usage error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+TEXTFILE_NAME = "gpu_processes.prom"
+POD_RESOURCES_SOCKET = "var/lib/kubelet/pod-resources/kubelet.sock"  # under the host root
+
+
+class UsageError(Exception):
+    """Bad command line or configuration (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    textfile_dir: Optional[str] = None  # None: print the metrics instead of writing TEXTFILE_NAME there
+    host_root: str = "/"
+    state_dir: str = "/var/lib/gpu-proc-collector"
+    devices: Optional[frozenset[int]] = None  # None: every GPU
+    pod_resources_socket: Optional[str] = None  # None: POD_RESOURCES_SOCKET under the host root
+    pod_resources_timeout: float = 10.0
+    resource_names: tuple[str, ...] = ()  # extra extended-resource names that carry GPUs
+    # Native metrics name the Kubernetes labels with this prefix ("k8s_" -> k8s_pod), for scrapes that would
+    # otherwise rename pod to exported_pod. The seed-compatible metrics keep their names.
+    label_prefix: str = ""
+    command_args: bool = False  # export redacted command lines (gpu_process_command_info)
+    # Per-process series per node (8 GPUs x 7 MIG instances with dozens of processes each); beyond it, aggregated.
+    max_process_series: int = 2000
+    deadline: float = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
+    interval: Optional[float] = None  # None: one collection, then exit
+    log_level: str = "info"
+
+    @property
+    def textfile(self) -> Optional[str]:
+        return os.path.join(self.textfile_dir, TEXTFILE_NAME) if self.textfile_dir else None
+
+    @property
+    def socket(self) -> str:
+        return self.pod_resources_socket or os.path.join(self.host_root, POD_RESOURCES_SOCKET)
+
+
+DEFAULTS = Settings()
+_NUMBER = (int, float)
+CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
+    "textfile_dir": str,
+    "host_root": str,
+    "state_dir": str,
+    "devices": list,
+    "pod_resources_socket": str,
+    "pod_resources_timeout": _NUMBER,
+    "resource_names": list,
+    "label_prefix": str,
+    "command_args": bool,
+    "max_process_series": int,
+    "deadline": _NUMBER,
+    "interval": _NUMBER,
+    "log_level": str,
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_devices(text: str) -> frozenset[int]:
+    """`0,1,3` -> {0, 1, 3}; empty means every GPU."""
+    try:
+        devices = frozenset(int(part) for part in text.replace(" ", "").split(",") if part != "")
+    except ValueError:
+        raise UsageError(f"--devices takes GPU indices separated by commas, e.g. 0,1 (got {text!r})") from None
+    if any(d < 0 for d in devices):
+        raise UsageError(f"--devices takes non-negative GPU indices (got {text!r})")
+    return devices
+
+
+def check_types(config: Mapping[str, Any], source: str) -> None:
+    for key, value in config.items():
+        if key not in CONFIG_TYPES:
+            raise UsageError(f"{source}: unknown key {key!r} (known: {', '.join(CONFIG_TYPES)})")
+        wrong_bool = isinstance(value, bool) and CONFIG_TYPES[key] is not bool
+        if value is not None and (wrong_bool or not isinstance(value, CONFIG_TYPES[key])):
+            raise UsageError(f"{source}: {key} has the wrong type ({type(value).__name__})")
+
+
+def _devices(value: Any) -> Optional[frozenset[int]]:
+    if isinstance(value, str):
+        return parse_devices(value) or None
+    if value is None:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise UsageError("devices must list non-negative GPU indices")
+    return frozenset(value) or None
+
+
+def _positive(value: Any, option: str) -> float:
+    if value <= 0:
+        raise UsageError(f"{option} must be a positive number of seconds")
+    return float(value)
+
+
+def build(values: Mapping[str, Any]) -> Settings:
+    """Settings from merged config and command-line values (None or absent: the default). Raises UsageError."""
+    v = {key: value for key, value in values.items() if value is not None}
+    label_prefix = v.get("label_prefix", DEFAULTS.label_prefix)
+    if label_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label_prefix):
+        raise UsageError(f"--label-prefix must be letters, digits and underscores (got {label_prefix!r})")
+    resource_names = tuple(v.get("resource_names", ()))
+    if not all(isinstance(name, str) and name for name in resource_names):
+        raise UsageError("resource_names must list extended-resource names")
+    max_series = v.get("max_process_series", DEFAULTS.max_process_series)
+    if max_series < 0:
+        raise UsageError("--max-process-series must be 0 or more")
+    log_level = str(v.get("log_level", DEFAULTS.log_level)).lower()
+    if log_level not in LOG_LEVELS:
+        raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
+    return Settings(
+        textfile_dir=v.get("textfile_dir") or None,
+        host_root=v.get("host_root") or DEFAULTS.host_root,
+        state_dir=v.get("state_dir") or DEFAULTS.state_dir,
+        devices=_devices(v.get("devices")),
+        pod_resources_socket=v.get("pod_resources_socket") or None,
+        pod_resources_timeout=_positive(v.get("pod_resources_timeout", DEFAULTS.pod_resources_timeout),
+                                        "--pod-resources-timeout"),
+        resource_names=resource_names,
+        label_prefix=label_prefix,
+        command_args=bool(v.get("command_args", DEFAULTS.command_args)),
+        max_process_series=max_series,
+        deadline=_positive(v.get("deadline", DEFAULTS.deadline), "--deadline"),
+        interval=_positive(v["interval"], "--interval") if "interval" in v else None,
+        log_level=log_level,
+    )
