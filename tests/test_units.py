@@ -18,6 +18,7 @@ from collector.model import Device, MigInfo
 from collector.podresources import DeviceRef, is_gpu_resource, parse_device_id
 from collector.runtimes import RuntimeMetadata
 from collector.textfile import WriteError, atomic_write
+from tests.conftest import require_root
 
 GPU0 = "GPU-3c2b7e0a-1111-2222-3333-444455556666"
 
@@ -91,8 +92,8 @@ def test_atomic_write_replaces_whole_and_sets_the_mode(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    require_root("mounting a small tmpfs")
     d = tmp_path / "small"
     d.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], check=True)
