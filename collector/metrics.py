@@ -203,6 +203,8 @@ class _ReportFamilies:
         self.count.add([device.label], float(processes))
         self.device_info.add([*ids, device.name, device.mig.profile if device.mig else "",
                               device.mig.parent_uuid if device.mig else ""], 1.0)
+        if not device.reports_memory:  # a compute instance whose GPU instance's memory another one reports
+            return
         if device.memory_total is not None:
             self.device_total.add(ids, float(device.memory_total))
         if device.memory_used is not None:
@@ -234,8 +236,9 @@ def _report_families(report: Report) -> list[Family]:
             f.command.add((record.gpu.device.label, str(record.gpu.pid), record.host.name,
                            args_label(record.host.cmdline)), 1.0)
     for record in report.records:
-        per_device[record.gpu.device.label] += 1
-        accounted[record.gpu.device.label] += record.gpu.used_memory or 0
+        device = record.gpu.device
+        per_device[device.label] += 1
+        accounted[device.memory_pool or device.label] += record.gpu.used_memory or 0
     for device in report.devices:
         f.add_device(device, per_device[device.label], accounted[device.label])
     f.total.add((), float(sum(per_device.values())))

@@ -41,6 +41,13 @@ class Device:
     memory_total: Optional[int]
     memory_used: Optional[int]
     mig: Optional[MigInfo] = None
+    # The label of the unit that reports this unit's memory: its own, or, for a compute instance of a GPU
+    # instance split into several, the GPU instance's first compute instance (they share one memory pool).
+    memory_pool: str = ""
+
+    @property
+    def reports_memory(self) -> bool:
+        return self.memory_pool in ("", self.label)
 
     @property
     def gpu_uuid(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 FIRST_RUN_WINDOW_US = 60_000_000  # with no previous timestamp, read the samples of the last minute
 NA_MEMORY = 0xFFFFFFFFFFFFFFFF
+NA_ID = 0xFFFFFFFF  # a process entry's GPU / compute instance id outside MIG, or for a caller NVML does not tell
+MAX_SM_PERCENT = 100
 
 # (list, the unversioned wrapper that needs the *_v3 symbol, the _v2 wrapper of R470..R495 drivers)
 PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
@@ -50,7 +52,9 @@ class _ProcessInfoR535(ctypes.Structure):
 @dataclass(frozen=True)
 class _Entry:
     pid: int
-    usedGpuMemory: Optional[int]  # the name pynvml's entries carry
+    usedGpuMemory: Optional[int]  # the names pynvml's entries carry
+    gpuInstanceId: int = NA_ID
+    computeInstanceId: int = NA_ID
 
 
 def _has_symbol(name: str) -> bool:
@@ -85,7 +89,8 @@ def _running_processes_r535(handle: Any, wrapper: str) -> list[_Entry]:
     ret = fn(handle, ctypes.byref(count), entries)
     if ret != pynvml.NVML_SUCCESS:
         raise pynvml.NVMLError(ret)
-    return [_Entry(pid=int(e.pid), usedGpuMemory=None if e.usedGpuMemory == NA_MEMORY else int(e.usedGpuMemory))
+    return [_Entry(pid=int(e.pid), usedGpuMemory=None if e.usedGpuMemory == NA_MEMORY else int(e.usedGpuMemory),
+                   gpuInstanceId=int(e.gpuInstanceId), computeInstanceId=int(e.computeInstanceId))
             for e in entries[: count.value]]
 
 
@@ -145,17 +150,18 @@ class _Reader:
         name = _text(pynvml.nvmlDeviceGetName(handle))
         if self._mig_enabled(handle):
             units = list(self._mig_units(index, handle, uuid, name))
-            per_unit = [(unit, self._process_lists(h)) for unit, h in units]
-            samples: Optional[dict[int, list[int]]] = None  # NVML: not supported on MIG
+            per_unit = _entries_by_instance([(unit, self._process_lists(h)) for unit, h in units])
+            activity: Optional[dict[int, Activity]] = None  # NVML: not supported on MIG
         else:
             total, used = _memory(handle)
             unit = Device(label=str(index), index=index, uuid=uuid, name=name, memory_total=total, memory_used=used)
-            per_unit = [(unit, self._process_lists(handle))]
-            samples = self._utilisation_samples(handle, uuid)
+            entries = self._process_lists(handle)
+            per_unit = [(unit, entries)]
+            activity = self._activity(handle, uuid, {int(e.pid) for e in entries})
         # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
-        for unit, entries in per_unit:
+        for unit, unit_entries in per_unit:
             self.devices.append(unit)
-            self.processes.extend(_merge(unit, entries, samples))
+            self.processes.extend(_merge(unit, unit_entries, activity))
 
     @staticmethod
     def _mig_enabled(handle: Any) -> bool:
@@ -171,6 +177,9 @@ class _Reader:
         return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
 
     def _mig_units(self, index: int, handle: Any, parent_uuid: str, parent_name: str) -> Iterable[tuple[Device, Any]]:
+        """One unit per compute instance. The compute instances of one GPU instance share its memory, and each
+        reports all of it (docs/nvml-driver.md): the first one read carries the pool, the others point to it."""
+        pools: dict[int, str] = {}
         for slot in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
             try:
                 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
@@ -181,15 +190,17 @@ class _Reader:
             name = _text(pynvml.nvmlDeviceGetName(mig))
             total, used = _memory(mig)
             profile = name.rsplit(" MIG ", 1)[1] if " MIG " in name else ""
+            label = f"{index}_{gi}_{ci}"
             yield (
                 Device(
-                    label=f"{index}_{gi}_{ci}",
+                    label=label,
                     index=index,
                     uuid=_text(pynvml.nvmlDeviceGetUUID(mig)),
                     name=parent_name,
                     memory_total=total,
                     memory_used=used,
                     mig=MigInfo(gpu_instance_id=gi, compute_instance_id=ci, profile=profile, parent_uuid=parent_uuid),
+                    memory_pool=pools.setdefault(gi, label),
                 ),
                 mig,
             )
@@ -217,8 +228,9 @@ class _Reader:
                     raise _GpuFailed("this driver offers no process list NVML call") from None
         return entries
 
-    def _utilisation_samples(self, handle: Any, uuid: str) -> Optional[dict[int, list[int]]]:
-        """SM % samples per PID newer than the last run's; None where per-process utilisation can't be measured."""
+    def _activity(self, handle: Any, uuid: str, listed: Collection[int]) -> Optional[dict[int, Activity]]:
+        """SM activity per listed PID from the samples newer than the last run's; None where per-process
+        utilisation cannot be measured. Only plausible entries count (see plausible_samples)."""
         now = self.options.now_us
         since = self.options.last_seen_us.get(uuid, 0)
         if since <= 0 or since > now:  # first run, or the clock stepped back since the last one
@@ -238,14 +250,79 @@ class _Reader:
         except pynvml.NVMLError as err:
             log.warning("per-process utilisation of %s unavailable this run: %s", uuid, err)
             return None
-        samples: dict[int, list[int]] = {}
-        for sample in raw:
-            samples.setdefault(int(sample.pid), []).append(int(sample.smUtil))
-            self.last_seen_us[uuid] = max(self.last_seen_us[uuid], int(sample.timeStamp))
-        return samples
+        samples = [(int(s.pid), int(s.timeStamp), int(s.smUtil)) for s in raw]
+        kept = plausible_samples(samples, listed, since, now)
+        if len(kept) < len(samples):
+            log.debug("%s: ignored %d of %d utilisation entries (unlisted PID, SM %% over 100, or a timestamp "
+                      "outside (last seen, now])", uuid, len(samples) - len(kept), len(samples))
+        if kept:
+            self.last_seen_us[uuid] = max(ts for _, ts, _ in kept)
+        return time_weighted(kept)
+
+
+@dataclass(frozen=True)
+class Activity:
+    sm_percent: float  # time-weighted mean SM % over the process's kept entries
+    active: bool  # some kept entry shows SM activity
+
+
+Sample = tuple[int, int, int]  # (pid, timestamp in µs, SM %)
+
+
+def plausible_samples(samples: Iterable[Sample], listed: Collection[int], since_us: int, now_us: int) -> list[Sample]:
+    """The entries worth believing. Real drivers return garbage entries too (docs/nvml-driver.md): PIDs in no
+    process list, SM % above 100 (even 2^32-1), timestamps at or before the one asked for, or in the future. Only
+    entries of listed PIDs with 0 <= SM <= 100 and since < timestamp <= now are kept, so one bad entry can neither
+    yield a utilisation outside 0..100 nor move the saved timestamp past now (which would blind later runs)."""
+    return [(pid, ts, sm) for pid, ts, sm in samples
+            if pid in listed and 0 <= sm <= MAX_SM_PERCENT and since_us < ts <= now_us]
+
+
+def time_weighted(samples: Iterable[Sample]) -> dict[int, Activity]:
+    """Per PID, the mean of its entries weighted by the time each covers. The driver samples the whole GPU at
+    instants; an entry stamped t covers the period since the previous instant seen on this GPU (the first
+    instant: the typical spacing of the others). Where the driver returns one entry per process (the documented
+    shape), that entry's value is the result."""
+    samples = list(samples)
+    stamps = sorted({ts for _, ts, _ in samples})
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    covers = {stamps[0]: sorted(gaps)[len(gaps) // 2] if gaps else 1} if stamps else {}
+    covers.update((later, gap) for later, gap in zip(stamps[1:], gaps))
+    weighted: dict[int, list[float]] = {}
+    for pid, ts, sm in samples:
+        total = weighted.setdefault(pid, [0.0, 0.0, 0.0])
+        total[0] += sm * covers[ts]
+        total[1] += covers[ts]
+        total[2] = max(total[2], sm)
+    return {pid: Activity(sm_percent=w / t, active=peak > 0) for pid, (w, t, peak) in weighted.items()}
+
+
+def _entries_by_instance(per_handle: Sequence[tuple[Device, list[Any]]]) -> list[tuple[Device, list[Any]]]:
+    """Each entry on the compute instance its gpuInstanceId/computeInstanceId name. A compute-instance handle can
+    list every process of its GPU instance (driver-dependent), so the same entry may come from several handles;
+    an entry without ids (NA: a caller NVML does not tell) stays with the handle that listed it."""
+    by_ids = {(d.mig.gpu_instance_id, d.mig.compute_instance_id): d.label for d, _ in per_handle if d.mig}
+    out: dict[str, list[Any]] = {d.label: [] for d, _ in per_handle}
+    for unit, entries in per_handle:
+        for entry in entries:
+            ids = (int(getattr(entry, "gpuInstanceId", NA_ID)), int(getattr(entry, "computeInstanceId", NA_ID)))
+            out[by_ids.get(ids, unit.label)].append(entry)
+    return [(unit, out[unit.label]) for unit, _ in per_handle]
 
 
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
+    """(total, used) bytes. nvmlDeviceGetMemoryInfo_v2 where the driver has it: its `used` leaves out the memory
+    the driver and firmware reserve, which v1's `used` includes and which would otherwise show up as memory no
+    process accounts for (docs/nvml-driver.md). v1 on drivers without it."""
+    if "nvmlDeviceGetMemoryInfo_v2" not in _reported_missing:
+        try:
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+            return int(info.total), int(info.used)
+        except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_ArgumentVersionMismatch):
+            _note_missing("nvmlDeviceGetMemoryInfo_v2")
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission) as err:
+            log.debug("memory info unavailable: %s", err)
+            return None, None
     try:
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
     except pynvml.NVMLError_FunctionNotFound:
@@ -257,8 +334,9 @@ def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     return int(info.total), int(info.used)
 
 
-def _merge(unit: Device, entries: list[Any], samples: Optional[Mapping[int, list[int]]]) -> list[GpuProcess]:
-    """One record per PID on the unit: a PID in several lists (graphics + compute) is one process."""
+def _merge(unit: Device, entries: list[Any], activity: Optional[Mapping[int, Activity]]) -> list[GpuProcess]:
+    """One record per PID on the unit: a PID in several lists (graphics + compute), or listed by several compute
+    instances of one GPU instance, is one process."""
     memory: dict[int, Optional[int]] = {}
     for entry in entries:
         pid = int(entry.pid)
@@ -269,10 +347,9 @@ def _merge(unit: Device, entries: list[Any], samples: Optional[Mapping[int, list
     for pid in sorted(memory):
         sm: Optional[float] = None
         active: Optional[bool] = None
-        if samples is not None:
-            values = samples.get(pid, [])
-            sm = sum(values) / len(values) if values else 0.0
-            active = any(v > 0 for v in values)
+        if activity is not None:
+            seen = activity.get(pid)
+            sm, active = (seen.sm_percent, seen.active) if seen else (0.0, False)
         merged.append(
             GpuProcess(pid=pid, device=unit, used_memory=memory[pid], sm_utilization=sm, active=active)
         )

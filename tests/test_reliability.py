@@ -81,7 +81,7 @@ def test_one_of_eight_gpus_lost(host: Host) -> None:
     assert result.value("gpu_total_processes") == 7
 
 
-OPTIONAL_CALLS = ["nvmlDeviceGetProcessUtilization", "nvmlDeviceGetMemoryInfo",
+OPTIONAL_CALLS = ["nvmlDeviceGetProcessUtilization", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMemoryInfo_v2",
                   "nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v3",
                   "nvmlDeviceGetMigMode"]
 
