@@ -100,11 +100,24 @@ class Gpu:
     name: str = H100
     memory_total: int = H100_MEMORY
     extra_used: int = 512 * 1024**2  # driver and context memory no process accounts for
+    # Optional driver shapes (tests/fake_nvml/README.md, docs/nvml-driver.md); None or empty: not in the scenario.
+    memory_reserved: int = 0  # driver-reserved memory: in v1's used, apart in v2
+    utilization_shape: Optional[str] = None  # "latest" (the stand-in's default) or "buffered"
+    utilization_size_answer: Optional[int] = None  # a fixed answer to the size query (go-nvml #11: 100)
+    utilization_fill_count: Optional[str] = None  # "written" (default) or "unchanged" (nvtop #110)
+    utilization_garbage: list[dict[str, Any]] = field(default_factory=list)
+    gpm: Optional[dict[str, Any]] = None  # {"supported": True, "sm_util": 63.5, ...}
+    energy_mj: Optional[int] = None
+    energy_mj_per_s: float = 0.0
+    energy_epoch_s: Optional[float] = None  # None: the scenario file's mtime (moves whenever it is rewritten)
+    gpu_instances: Optional[list[dict[str, Any]]] = None  # MIG GPU instances' shared memory, see gpu_instance()
+    ci_lists_gi_processes: bool = False
 
     def scenario(self) -> dict[str, Any]:
         listed = [p.get("used_memory") or 0 for p in self.compute + self.graphics + self.mps]
         if self.mig is not None:
-            listed += [i["memory"]["used"] for i in self.mig]
+            listed += [i["memory"]["used"] for i in self.mig if "memory" in i]
+        listed += [g["memory"]["used"] for g in self.gpu_instances or [] if "memory" in g]
         device: dict[str, Any] = {
             "index": self.index,
             "uuid": gpu_uuid(self.index),
@@ -117,6 +130,23 @@ class Gpu:
             device["errors"] = self.errors
         if self.mig is not None:
             device["mig"] = {"mode": 1, "instances": self.mig}
+            if self.gpu_instances is not None:
+                device["mig"]["gpu_instances"] = self.gpu_instances
+            if self.ci_lists_gi_processes:
+                device["mig"]["ci_lists_gi_processes"] = True
+        if self.memory_reserved:
+            device["memory"]["reserved"] = self.memory_reserved
+        optional = {"utilization_shape": self.utilization_shape,
+                    "utilization_size_answer": self.utilization_size_answer,
+                    "utilization_fill_count": self.utilization_fill_count, "gpm": self.gpm}
+        device.update({k: v for k, v in optional.items() if v is not None})
+        if self.utilization_garbage:
+            device["utilization_garbage"] = self.utilization_garbage
+        if self.energy_mj is not None:
+            device["energy_mj"] = self.energy_mj
+            device["energy_mj_per_s"] = self.energy_mj_per_s
+            if self.energy_epoch_s is not None:
+                device["energy_epoch_s"] = self.energy_epoch_s
         return device
 
 
@@ -133,6 +163,22 @@ def mig_instance(
         "memory": {"total": total_gib * GIB, "used": sum(p.get("used_memory") or 0 for p in procs)},
         "processes": {"compute": procs},
     }
+
+
+def gpu_instance(gi: int, *, total_gib: int, used: int = 0, gpm: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A MIG GPU instance's shared part: the memory (and GPM values) all its compute instances report."""
+    out: dict[str, Any] = {"gpu_instance_id": gi, "memory": {"total": total_gib * GIB, "used": used}}
+    if gpm is not None:
+        out["gpm"] = gpm
+    return out
+
+
+def compute_instance(
+    index: int, *, slot: int, gi: int, ci: int, profile: str, compute: Iterable[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """A MIG device (compute instance) without memory of its own: it reports its GPU instance's, see gpu_instance()."""
+    return {"slot": slot, "gpu_instance_id": gi, "compute_instance_id": ci, "uuid": mig_uuid(index, slot),
+            "profile": profile, "processes": {"compute": list(compute)}}
 
 
 def scenario(gpus: Iterable[Gpu], **top: Any) -> dict[str, Any]:

@@ -7,12 +7,24 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from tests.simhost import GIB, Gpu, mig_instance, mig_uuid, proc, scenario, write_scenario
+from tests.simhost import (
+    GIB,
+    Gpu,
+    compute_instance,
+    gpu_instance,
+    mig_instance,
+    mig_uuid,
+    proc,
+    scenario,
+    write_scenario,
+)
 
 PRELUDE = """
 import ctypes, json, pynvml
@@ -28,9 +40,15 @@ def code(fn, *a):
 
 
 def pynvml_run(tmp_path: Path, lib: Path, document: Optional[dict[str, Any]], body: str) -> Any:
+    path = write_scenario(tmp_path / "scenario.json", document) if document is not None else None
+    return pynvml_run_file(lib, path, body)
+
+
+def pynvml_run_file(lib: Path, path: Optional[Path], body: str) -> Any:
+    """body run by the real pynvml in a new process (so a new nvmlInit) against the scenario file at path."""
     env = {**os.environ, "LD_LIBRARY_PATH": str(lib)}
-    if document is not None:
-        env["FAKE_NVML_SCENARIO"] = str(write_scenario(tmp_path / "scenario.json", document))
+    if path is not None:
+        env["FAKE_NVML_SCENARIO"] = str(path)
     else:
         env.pop("FAKE_NVML_SCENARIO", None)
     script = PRELUDE + textwrap.dedent(body)
@@ -200,3 +218,289 @@ def test_the_r535_variant_garbles_pynvmls_24_byte_entries(tmp_path: Path, fake_n
     """)
     assert got[0] == [10, 1000]
     assert got[1] != [11, 2000]  # the shuffle REFERENCE fact 13 describes
+
+
+# ---- per-process utilisation shapes (docs/nvml-driver.md, "Per-process utilisation") ----
+
+UTIL_CALLS = ["nvmlDeviceGetProcessUtilization", "nvmlDeviceGetProcessesUtilizationInfo"]
+SEVERAL_PER_PID = [{"pid": 10, "timestamp_us": 1000, "sm": 5}, {"pid": 10, "timestamp_us": 3000, "sm": 9},
+                   {"pid": 11, "timestamp_us": 2000, "sm": 7}, {"pid": 10, "timestamp_us": 2500, "sm": 6}]
+
+
+def utilisation(tmp_path: Path, fake_nvml: Path, gpu: Gpu, call: str, last_seen: int) -> Any:
+    """[[pid, timeStamp, smUtil], ...] from the pynvml call, or the NVML error code it raised."""
+    return pynvml_run(tmp_path, fake_nvml, scenario([gpu]), f"""
+        nvmlInit()
+        try:
+            out([[s.pid, s.timeStamp, s.smUtil] for s in {call}(nvmlDeviceGetHandleByIndex(0), {last_seen})])
+        except NVMLError as e:
+            out(e.value)
+    """)
+
+
+@pytest.mark.parametrize("call", UTIL_CALLS)
+def test_the_default_shape_gives_each_pid_once_with_its_newest_sample(tmp_path: Path, fake_nvml: Path,
+                                                                      call: str) -> None:
+    got = utilisation(tmp_path, fake_nvml, Gpu(0, compute=[proc(10), proc(11)], samples=SEVERAL_PER_PID), call, 0)
+    assert Counter(pid for pid, _, _ in got) == {10: 1, 11: 1}
+    assert sorted(got) == [[10, 3000, 9], [11, 2000, 7]]
+
+
+@pytest.mark.parametrize("call", UTIL_CALLS)
+def test_the_latest_shape_still_filters_on_last_seen(tmp_path: Path, fake_nvml: Path, call: str) -> None:
+    got = utilisation(tmp_path, fake_nvml, Gpu(0, compute=[proc(10), proc(11)], samples=SEVERAL_PER_PID), call, 2000)
+    assert got == [[10, 3000, 9]]
+
+
+@pytest.mark.parametrize("call", UTIL_CALLS)
+def test_the_buffered_shape_gives_every_sample_newer_than_last_seen(tmp_path: Path, fake_nvml: Path,
+                                                                    call: str) -> None:
+    gpu = Gpu(0, compute=[proc(10), proc(11)], samples=SEVERAL_PER_PID, utilization_shape="buffered")
+    got = utilisation(tmp_path, fake_nvml, gpu, call, 1000)
+    assert Counter(pid for pid, _, _ in got) == {10: 2, 11: 1}
+    assert all(ts > 1000 for _, ts, _ in got)
+
+
+def test_a_fixed_size_answer_whatever_the_load(tmp_path: Path, fake_nvml: Path) -> None:
+    """go-nvml #11: the size query answers 100; the fill then reports the entries it wrote."""
+    gpu = Gpu(0, compute=[proc(10), proc(11)], samples=SEVERAL_PER_PID, utilization_size_answer=100)
+    got = pynvml_run(tmp_path, fake_nvml, scenario([gpu]), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetProcessUtilization")
+        sizes = []
+        for last_seen in (0, 10**18):  # with entries, and with none newer
+            count = ctypes.c_uint(0)
+            sizes.append([fn(h, None, ctypes.byref(count), ctypes.c_ulonglong(last_seen)), count.value])
+        out([sizes, len(nvmlDeviceGetProcessUtilization(h, 0)), code(nvmlDeviceGetProcessUtilization, h, 10**18)])
+    """)
+    sizes, entries, nothing_newer = got
+    assert sizes == [[7, 100], [7, 100]]  # INSUFFICIENT_SIZE, 100, both times
+    assert entries == 2
+    assert nothing_newer == 6  # the fill: NOT_FOUND
+
+
+def test_a_fill_that_leaves_the_count_gives_pynvml_zeroed_slots(tmp_path: Path, fake_nvml: Path) -> None:
+    """nvtop #110: Count=100 after the fill, the entries past the written ones all zero."""
+    gpu = Gpu(0, compute=[proc(10), proc(11)], samples=SEVERAL_PER_PID, utilization_size_answer=100,
+              utilization_fill_count="unchanged")
+    got = utilisation(tmp_path, fake_nvml, gpu, "nvmlDeviceGetProcessUtilization", 0)
+    assert len(got) == 100
+    assert sorted(got)[-2:] == [[10, 3000, 9], [11, 2000, 7]]
+    assert sorted(got)[:98] == [[0, 0, 0]] * 98
+
+
+@pytest.mark.parametrize("call", UTIL_CALLS)
+def test_garbage_entries_come_back_whatever_last_seen_says(tmp_path: Path, fake_nvml: Path, call: str) -> None:
+    garbage = [{"pid": 50554, "sm": 4294967295, "timestamp_us": 49936}, {"pid": 10, "sm": 37100, "future_s": 3600}]
+    gpu = Gpu(0, compute=[proc(10)], samples=[{"pid": 10, "age_s": 5, "sm": 40}], utilization_garbage=garbage)
+    now_us = int(time.time() * 1e6)
+    got = utilisation(tmp_path, fake_nvml, gpu, call, now_us)
+    assert sorted((pid, sm) for pid, _, sm in got) == [(10, 37100), (50554, 4294967295)]
+    stamps = {pid: ts for pid, ts, _ in got}
+    assert stamps[50554] == 49936  # far older than lastSeenTimeStamp
+    assert stamps[10] > now_us + 10**9  # in the future
+
+
+# ---- memory ----
+
+def test_memory_v1_used_includes_reserved_memory_v2_reports_it_apart(tmp_path: Path, fake_nvml: Path) -> None:
+    doc = scenario([Gpu(0)])
+    doc["devices"][0]["memory"] = {"total": 80 * GIB, "used": 2 * GIB, "reserved": GIB // 2}
+    got = pynvml_run(tmp_path, fake_nvml, doc, """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        v1, v2 = nvmlDeviceGetMemoryInfo(h), nvmlDeviceGetMemoryInfo(h, version=nvmlMemory_v2)
+        out([[v1.total, v1.used, v1.free], [v2.version, v2.total, v2.reserved, v2.used, v2.free]])
+    """)
+    v1, v2 = got
+    assert v1 == [80 * GIB, 2 * GIB + GIB // 2, 80 * GIB - 2 * GIB - GIB // 2]
+    assert v2 == [0x02000028, 80 * GIB, GIB // 2, 2 * GIB, v1[2]]
+
+
+def test_the_r470_variant_lacks_memory_v2_and_gpm(tmp_path: Path, fake_nvml: Path) -> None:
+    got = pynvml_run(tmp_path, fake_nvml / "r470", scenario([Gpu(0, gpm={"supported": True})]), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        out([code(nvmlDeviceGetMemoryInfo, h, nvmlMemory_v2), code(nvmlGpmQueryDeviceSupport, h),
+             code(nvmlGpmSampleAlloc), code(nvmlDeviceGetMemoryInfo, h)])
+    """)
+    assert got == [13, 13, 13, 0]  # FUNCTION_NOT_FOUND; v1 memory answers
+
+
+# ---- MIG compute instances sharing a GPU instance ----
+
+def shared_gpu_instance(ci_lists_gi_processes: bool) -> dict[str, Any]:
+    """GPU 0: GPU instance 1 (40 GiB) with compute instances 0 and 1, and GPU instance 2 with one of its own."""
+    cis = [compute_instance(0, slot=0, gi=1, ci=0, profile="1c.3g.40gb", compute=[proc(40, 3 * GIB)]),
+           compute_instance(0, slot=1, gi=1, ci=1, profile="2c.3g.40gb", compute=[proc(41, 5 * GIB)]),
+           mig_instance(0, slot=4, gi=2, ci=0, profile="1g.10gb", total_gib=10, compute=[proc(42, GIB)])]
+    return scenario([Gpu(0, mig=cis, gpu_instances=[gpu_instance(1, total_gib=40, used=8 * GIB)],
+                         ci_lists_gi_processes=ci_lists_gi_processes)])
+
+
+def test_each_compute_instance_reports_its_gpu_instances_memory(tmp_path: Path, fake_nvml: Path) -> None:
+    got = pynvml_run(tmp_path, fake_nvml, shared_gpu_instance(False), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        rows = []
+        for slot in (0, 1, 4):
+            m = nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+            v1, v2 = nvmlDeviceGetMemoryInfo(m), nvmlDeviceGetMemoryInfo(m, version=nvmlMemory_v2)
+            rows.append([v1.total, v1.used, v2.total, v2.used])
+        out(rows)
+    """)
+    ci0, ci1, other = got
+    assert ci0 == ci1 == [40 * GIB, 8 * GIB, 40 * GIB, 8 * GIB]
+    assert other[0] == 10 * GIB
+
+
+@pytest.mark.parametrize("ci_lists_gi", [False, True])
+def test_a_compute_instance_lists_its_own_or_its_gpu_instances_processes(tmp_path: Path, fake_nvml: Path,
+                                                                        ci_lists_gi: bool) -> None:
+    got = pynvml_run(tmp_path, fake_nvml, shared_gpu_instance(ci_lists_gi), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        def ids(d):
+            procs = nvmlDeviceGetComputeRunningProcesses(d)
+            return sorted([p.pid, p.gpuInstanceId, p.computeInstanceId] for p in procs)
+        out([ids(h), ids(nvmlDeviceGetMigDeviceHandleByIndex(h, 0)), ids(nvmlDeviceGetMigDeviceHandleByIndex(h, 4))])
+    """)
+    parent, ci0, other = got
+    assert parent == [[40, 1, 0], [41, 1, 1], [42, 2, 0]]  # every process once, with the ids it runs on
+    assert ci0 == ([[40, 1, 0], [41, 1, 1]] if ci_lists_gi else [[40, 1, 0]])
+    assert other == [[42, 2, 0]]
+
+
+# ---- GPM ----
+
+GPM_VALUES = {"supported": True, "sm_util": 63.5, "sm_occupancy": 20.0, "any_tensor_util": 10.0, "dram_bw_util": 30.0}
+
+GPM_PRELUDE = """
+def metrics(first, second, ids, sample=nvmlGpmSampleGet, wait=0.15):
+    s1, s2 = nvmlGpmSampleAlloc(), nvmlGpmSampleAlloc()
+    sample(*first, s1)
+    time.sleep(wait)
+    sample(*second, s2)
+    mg = c_nvmlGpmMetricsGet_t()
+    mg.version = NVML_GPM_METRICS_GET_VERSION
+    mg.numMetrics = len(ids)
+    mg.sample1, mg.sample2 = s1, s2
+    for i, metric in enumerate(ids):
+        mg.metrics[i].metricId = metric
+    try:
+        nvmlGpmMetricsGet(mg)
+        got = [[m.metricId, m.nvmlReturn, m.value] for m in mg.metrics[:len(ids)]]
+    except NVMLError as e:
+        got = e.value
+    nvmlGpmSampleFree(s1)
+    nvmlGpmSampleFree(s2)
+    return got
+"""
+
+
+def gpm_run(tmp_path: Path, fake_nvml: Path, document: dict[str, Any], body: str) -> Any:
+    return pynvml_run(tmp_path, fake_nvml, document, "import time\n" + GPM_PRELUDE + textwrap.dedent(body))
+
+
+def test_gpm_support_is_reported_not_raised(tmp_path: Path, fake_nvml: Path) -> None:
+    doc = scenario([Gpu(0, gpm=GPM_VALUES), Gpu(1), Gpu(2, gpm={"supported": False})])
+    got = gpm_run(tmp_path, fake_nvml, doc, """
+        nvmlInit()
+        rows = []
+        for i in range(3):
+            h = nvmlDeviceGetHandleByIndex(i)
+            support = nvmlGpmQueryDeviceSupport(h).isSupportedDevice
+            rows.append([support, code(nvmlGpmSampleGet, h, nvmlGpmSampleAlloc())])
+        out(rows)
+    """)
+    assert got == [[1, 0], [0, 3], [0, 3]]  # pre-Hopper: isSupportedDevice 0, then NOT_SUPPORTED to sample
+
+
+def test_gpm_metrics_from_two_samples_100ms_apart(tmp_path: Path, fake_nvml: Path) -> None:
+    got = gpm_run(tmp_path, fake_nvml, scenario([Gpu(0, gpm=GPM_VALUES)]), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        out([metrics([h], [h], [2, 3, 5, 10, 1, 14, 477]), NVML_GPM_METRIC_MAX, ctypes.sizeof(c_nvmlGpmMetricsGet_t)])
+    """)
+    values, metric_max, size = got
+    assert values[:4] == [[2, 0, 63.5], [3, 0, 20.0], [5, 0, 10.0], [10, 0, 30.0]]
+    assert values[4] == [1, 0, 0.0]  # a defined metric the scenario leaves out
+    assert [v[1] for v in values[5:]] == [2, 2]  # ids nvml.h does not define: an error in the metric's entry
+    assert (metric_max, size) == (477, 24 + 40 * 477)  # the array the stand-in's layout assumes
+
+
+def test_gpm_samples_closer_than_100ms_are_refused(tmp_path: Path, fake_nvml: Path) -> None:
+    got = gpm_run(tmp_path, fake_nvml, scenario([Gpu(0, gpm=GPM_VALUES)]), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        out(metrics([h], [h], [2], wait=0))
+    """)
+    assert got == 2  # INVALID_ARGUMENT: the stand-in's choice, nvml.h does not say (docs/nvml-driver.md)
+
+
+def test_gpm_samples_closer_than_100ms_can_give_nan_instead(tmp_path: Path, fake_nvml: Path) -> None:
+    got = gpm_run(tmp_path, fake_nvml, scenario([Gpu(0, gpm={**GPM_VALUES, "too_close": "nan"})]), """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        out([[m, r, str(v)] for m, r, v in metrics([h], [h], [2], wait=0)])
+    """)
+    assert got == [[2, 0, "nan"]]
+
+
+def test_gpm_on_mig_samples_a_compute_instance_or_a_gpu_instance(tmp_path: Path, fake_nvml: Path) -> None:
+    cis = [compute_instance(0, slot=0, gi=1, ci=0, profile="1c.3g.40gb"),
+           compute_instance(0, slot=1, gi=1, ci=1, profile="2c.3g.40gb")]
+    cis[0]["gpm"] = {"sm_util": 10.0}
+    cis[1]["gpm"] = {"sm_util": 30.0}
+    gis = [gpu_instance(1, total_gib=40, gpm={"sm_util": 40.0})]
+    doc = scenario([Gpu(0, mig=cis, gpu_instances=gis, gpm={"supported": True})])
+    got = gpm_run(tmp_path, fake_nvml, doc, """
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        m0, m1 = nvmlDeviceGetMigDeviceHandleByIndex(h, 0), nvmlDeviceGetMigDeviceHandleByIndex(h, 1)
+        sm = lambda rows: rows if isinstance(rows, int) else rows[0][2]
+        out([sm(metrics([m0], [m0], [2])), sm(metrics([m1], [m1], [2])),
+             sm(metrics([h, 1], [h, 1], [2], sample=nvmlGpmMigSampleGet)),
+             nvmlGpmQueryDeviceSupport(m0).isSupportedDevice,
+             code(nvmlGpmMigSampleGet, h, 9, nvmlGpmSampleAlloc()),
+             code(nvmlGpmMigSampleGet, m0, 1, nvmlGpmSampleAlloc())])
+    """)
+    assert got == [10.0, 30.0, 40.0, 1, 6, 2]  # unknown GPU instance: NOT_FOUND; a MIG handle: INVALID_ARGUMENT
+
+
+# ---- energy ----
+
+READ_ENERGY = "nvmlInit(); out(nvmlDeviceGetTotalEnergyConsumption(nvmlDeviceGetHandleByIndex(0)))"
+
+
+def test_energy_is_one_counter_across_inits(tmp_path: Path, fake_nvml: Path) -> None:
+    epoch = time.time() - 10
+    doc = scenario([Gpu(0, energy_mj=1_000_000, energy_mj_per_s=1000.0, energy_epoch_s=epoch)])
+    path = write_scenario(tmp_path / "energy.json", doc)
+    first = pynvml_run_file(fake_nvml, path, READ_ENERGY)
+    time.sleep(0.2)
+    second = pynvml_run_file(fake_nvml, path, READ_ENERGY)
+    assert first >= 1_000_000 + 10 * 1000  # ten seconds after the epoch
+    assert second > first
+
+
+def test_energy_counts_from_the_scenario_files_mtime_by_default(tmp_path: Path, fake_nvml: Path) -> None:
+    path = write_scenario(tmp_path / "energy.json", scenario([Gpu(0, energy_mj=5000, energy_mj_per_s=10.0)]))
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    got = pynvml_run_file(fake_nvml, path, READ_ENERGY)
+    assert got >= 5000 + 3600 * 10
+
+
+def test_energy_is_not_supported_on_mig_devices_or_without_a_reading(tmp_path: Path, fake_nvml: Path) -> None:
+    doc = scenario([Gpu(0, energy_mj=1, mig=[mig_instance(0, slot=0, gi=1, ci=0, profile="1g.10gb", total_gib=10)]),
+                    Gpu(1)])
+    got = pynvml_run(tmp_path, fake_nvml, doc, """
+        nvmlInit()
+        h0, h1 = nvmlDeviceGetHandleByIndex(0), nvmlDeviceGetHandleByIndex(1)
+        out([code(nvmlDeviceGetTotalEnergyConsumption, h0),
+             code(nvmlDeviceGetTotalEnergyConsumption, nvmlDeviceGetMigDeviceHandleByIndex(h0, 0)),
+             code(nvmlDeviceGetTotalEnergyConsumption, h1)])
+    """)
+    assert got == [0, 3, 3]

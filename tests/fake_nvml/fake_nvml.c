@@ -7,13 +7,19 @@
  * format is described in README.md beside this file.
  *
  * Build variants (Makefile) play older drivers:
- *   FAKE_VARIANT_R470  no *_RunningProcesses_v3 and no nvmlDeviceGetProcessesUtilizationInfo (R470..R495 drivers)
+ *   FAKE_VARIANT_R470  no *_RunningProcesses_v3, no nvmlDeviceGetProcessesUtilizationInfo, no
+ *                      nvmlDeviceGetMemoryInfo_v2 (NVML 11.6, R510) and no GPM (NVML 11.8/12.0, R520/R525):
+ *                      R470..R495 drivers
  *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (REFERENCE fact 13)
+ *
+ * Every driver behaviour played here, and its source, is listed in docs/nvml-driver.md.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "json.h"
@@ -29,6 +35,7 @@ enum {
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_MEMORY = 20,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
 };
@@ -61,12 +68,22 @@ typedef struct {
 
 typedef struct { const char *fn; int code; } error_t_;
 
+/* GPM values of one device, MIG device or GPU instance: metric id -> value, or -> per-metric error. */
+typedef struct { unsigned int id; double value; int err; } gpm_metric_t;
+typedef struct {
+    gpm_metric_t *m;
+    unsigned int n;
+} gpm_values_t;
+
+#define UTIL_LATEST 0   /* one entry per PID: its newest sample newer than lastSeenTimeStamp (nvml.h) */
+#define UTIL_BUFFERED 1 /* every stored sample newer than lastSeenTimeStamp, several per PID */
+
 typedef struct nvmlDevice_st {
     int is_mig;
     struct nvmlDevice_st *parent;
     unsigned int index, minor, gi, ci;
     char uuid[96], name[96];
-    unsigned long long mem_total, mem_used;
+    unsigned long long mem_total, mem_used, mem_reserved; /* mem_used: allocated (v2's used), without reserved */
     unsigned int util_gpu, util_mem, temperature_c, power_mw;
     proc_t *procs[3];
     unsigned int nprocs[3];
@@ -75,6 +92,20 @@ typedef struct nvmlDevice_st {
     int counted;
     sample_t *samples;
     unsigned int nsamples;
+    int util_shape;                 /* UTIL_LATEST or UTIL_BUFFERED */
+    int util_size_fixed;            /* the size query answers util_size_answer whatever the load (go-nvml #11) */
+    unsigned int util_size_answer;
+    int util_fill_unchanged;        /* the fill leaves the count as the caller passed it (nvtop #110) */
+    sample_t *garbage;              /* returned whatever lastSeenTimeStamp says (nvtop #110) */
+    unsigned int ngarbage;
+    int gpm_supported;              /* physical GPUs: Hopper or newer (nvmlGpmQueryDeviceSupport) */
+    int gpm_too_close_nan;          /* samples < 100 ms apart: SUCCESS with NaN values instead of an error */
+    gpm_values_t gpm;               /* this GPU's, or this MIG device's (compute instance's), values */
+    gpm_values_t gi_gpm;            /* MIG devices: their GPU instance's values (nvmlGpmMigSampleGet) */
+    int has_energy;
+    unsigned long long energy_mj;   /* at energy_epoch_s */
+    double energy_mj_per_s, energy_epoch_s;
+    int ci_lists_gi;                /* MIG parents: a compute instance's handle lists its GPU instance's processes */
     error_t_ *errors;
     unsigned int nerrors;
     error_t_ *delays; /* function -> milliseconds to sleep before answering: a hung driver call */
@@ -105,6 +136,41 @@ _Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t layout");
 
 #define PROCESSES_UTILIZATION_INFO_V1 0x01000018U
 #define MEMORY_V2 0x02000028U
+
+/* GPM (nvml.h, "NVML GPM"). The metrics array has NVML_GPM_METRIC_MAX entries: 333 in nvml.h 13.3.29, 477 in
+ * nvidia-ml-py 13.615.71's c_nvmlGpmMetricsGet_t, which is what the pinned pynvml passes in. */
+#define GPM_METRIC_MAX 477
+#define GPM_METRICS_GET_VERSION 1U
+#define GPM_SUPPORT_VERSION 1U
+#define GPM_MIN_INTERVAL_S 0.1
+
+typedef struct gpm_sample_st {
+    struct gpm_sample_st *next; /* the allocated samples, to tell a sample from any other pointer */
+    int filled;
+    const struct nvmlDevice_st *dev; /* the handle sampled: a GPU or a MIG device */
+    unsigned int gi;                  /* NA_U32, or the GPU instance of an nvmlGpmMigSampleGet sample */
+    double t;                         /* CLOCK_MONOTONIC seconds */
+    const gpm_values_t *values;
+} gpm_sample_t;
+typedef struct { gpm_sample_t *handle; } nvmlGpmSample_t;
+typedef struct { char *shortName, *longName, *unit; } nvmlGpmMetricMetricInfo_t;
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    nvmlGpmMetricMetricInfo_t metricInfo;
+} nvmlGpmMetric_t;
+typedef struct {
+    unsigned int version, numMetrics;
+    nvmlGpmSample_t sample1, sample2;
+    nvmlGpmMetric_t metrics[GPM_METRIC_MAX];
+} nvmlGpmMetricsGet_t;
+typedef struct { unsigned int version, isSupportedDevice; } nvmlGpmSupport_t;
+
+_Static_assert(sizeof(nvmlGpmSample_t) == sizeof(void *), "nvmlGpmSample_t is a handle");
+_Static_assert(sizeof(nvmlGpmMetric_t) == 40, "nvmlGpmMetric_t layout");
+_Static_assert(sizeof(nvmlGpmMetricsGet_t) == 24 + 40 * GPM_METRIC_MAX, "nvmlGpmMetricsGet_t layout");
+_Static_assert(sizeof(nvmlGpmSupport_t) == 8, "nvmlGpmSupport_t layout");
 
 static struct {
     int loaded;
@@ -228,15 +294,21 @@ static void load_process_lists(device_t *d, const jval *processes) {
     load_procs(json_get(processes, "mps"), &d->procs[KIND_MPS], &d->nprocs[KIND_MPS]);
 }
 
-static void load_samples(device_t *d, const jval *arr, unsigned long long now) {
+/* Samples: timestamp_us (absolute), age_s (seconds before now), future_s (seconds after now), else default_ts. */
+static void load_samples(const jval *arr, unsigned long long now, unsigned long long default_ts, sample_t **out,
+                         unsigned int *n) {
+    *out = NULL;
+    *n = 0;
     if (!arr || arr->type != J_ARR || arr->len == 0) return;
-    d->samples = calloc(arr->len, sizeof(sample_t));
+    *out = calloc(arr->len, sizeof(sample_t));
     for (size_t i = 0; i < arr->len; i++) {
         const jval *s = arr->items[i];
-        sample_t *o = &d->samples[i];
-        const jval *age = json_get(s, "age_s");
+        sample_t *o = &(*out)[i];
+        const jval *age = json_get(s, "age_s"), *future = json_get(s, "future_s");
         o->pid = (unsigned int)json_u64(json_get(s, "pid"), 0);
-        o->ts = age ? now - (unsigned long long)(json_num(age, 0) * 1e6) : json_u64(json_get(s, "timestamp_us"), now);
+        if (age) o->ts = now - (unsigned long long)(json_num(age, 0) * 1e6);
+        else if (future) o->ts = now + (unsigned long long)(json_num(future, 0) * 1e6);
+        else o->ts = json_u64(json_get(s, "timestamp_us"), default_ts);
         o->sm = (unsigned int)json_u64(json_get(s, "sm"), 0);
         o->mem = (unsigned int)json_u64(json_get(s, "mem"), 0);
         o->enc = (unsigned int)json_u64(json_get(s, "enc"), 0);
@@ -244,12 +316,69 @@ static void load_samples(device_t *d, const jval *arr, unsigned long long now) {
         o->jpg = (unsigned int)json_u64(json_get(s, "jpg"), 0);
         o->ofa = (unsigned int)json_u64(json_get(s, "ofa"), 0);
     }
-    d->nsamples = (unsigned int)arr->len;
+    *n = (unsigned int)arr->len;
+}
+
+static int json_bool(const jval *v, int fallback) {
+    return (v && v->type == J_BOOL) ? v->boolean : fallback;
+}
+
+static void load_utilization_shape(device_t *d, const jval *dj) {
+    const char *shape = json_str(json_get(dj, "utilization_shape"), "latest");
+    const jval *size = json_get(dj, "utilization_size_answer");
+    d->util_shape = !strcmp(shape, "buffered") ? UTIL_BUFFERED : UTIL_LATEST;
+    d->util_size_fixed = size && size->type == J_NUM;
+    d->util_size_answer = (unsigned int)json_u64(size, 0);
+    d->util_fill_unchanged = !strcmp(json_str(json_get(dj, "utilization_fill_count"), "written"), "unchanged");
+}
+
+static void gpm_put(gpm_values_t *g, unsigned int id, double value, int err) {
+    for (unsigned int i = 0; i < g->n; i++)
+        if (g->m[i].id == id) { g->m[i].value = value; g->m[i].err = err; return; }
+    gpm_metric_t *m = realloc(g->m, (g->n + 1) * sizeof(*m));
+    if (!m) return;
+    g->m = m;
+    g->m[g->n++] = (gpm_metric_t){id, value, err};
+}
+
+/* A "gpm" object's values: the four named metrics, "metrics" {"<id>": value} and "metric_errors" {"<id>": error}. */
+static void load_gpm_values(gpm_values_t *g, const jval *gpm) {
+    static const struct { const char *key; unsigned int id; } NAMED[] = {
+        {"sm_util", 2}, {"sm_occupancy", 3}, {"any_tensor_util", 5}, {"dram_bw_util", 10}};
+    memset(g, 0, sizeof(*g));
+    if (!gpm || gpm->type != J_OBJ) return;
+    for (size_t i = 0; i < sizeof(NAMED) / sizeof(NAMED[0]); i++) {
+        const jval *v = json_get(gpm, NAMED[i].key);
+        if (v) gpm_put(g, NAMED[i].id, json_num(v, 0), NVML_SUCCESS);
+    }
+    const jval *metrics = json_get(gpm, "metrics"), *errors = json_get(gpm, "metric_errors");
+    for (size_t i = 0; metrics && metrics->type == J_OBJ && i < metrics->len; i++)
+        gpm_put(g, (unsigned int)strtoul(metrics->keys[i], NULL, 10), json_num(metrics->items[i], 0), NVML_SUCCESS);
+    for (size_t i = 0; errors && errors->type == J_OBJ && i < errors->len; i++) {
+        const jval *v = errors->items[i];
+        int code = v->type == J_NUM ? (int)v->num : error_code(json_str(v, NULL));
+        gpm_put(g, (unsigned int)strtoul(errors->keys[i], NULL, 10), 0, code);
+    }
 }
 
 static void load_memory(device_t *d, const jval *mem) {
     d->mem_total = json_u64(json_get(mem, "total"), 0);
     d->mem_used = json_u64(json_get(mem, "used"), 0);
+    d->mem_reserved = json_u64(json_get(mem, "reserved"), 0);
+}
+
+/* What every compute instance of a GPU instance shares: the "key" object ("memory", "gpm") of the GPU instance,
+ * given in mig.gpu_instances, else on the first instance of that GPU instance that has one. */
+static const jval *gpu_instance_part(const jval *mig, unsigned int gi, const char *key) {
+    const jval *gis = json_get(mig, "gpu_instances"), *insts = json_get(mig, "instances");
+    for (size_t i = 0; gis && gis->type == J_ARR && i < gis->len; i++)
+        if (json_u64(json_get(gis->items[i], "gpu_instance_id"), NA_U32) == gi && json_get(gis->items[i], key))
+            return json_get(gis->items[i], key);
+    for (size_t k = 0; insts && insts->type == J_ARR && k < insts->len; k++) {
+        const jval *ij = insts->items[k];
+        if (json_u64(json_get(ij, "gpu_instance_id"), k + 1) == gi && json_get(ij, key)) return json_get(ij, key);
+    }
+    return NULL;
 }
 
 static char *read_file(const char *path) {
@@ -278,6 +407,8 @@ static int load_scenario(void) {
         fprintf(stderr, "fake-nvml: cannot read scenario %s: %s\n", path, strerror(errno));
         return -1;
     }
+    struct stat st;
+    double mtime = stat(path, &st) == 0 ? (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9 : 0;
     char err[160];
     jval *root = json_parse(text, err, sizeof(err));
     free(text);
@@ -315,13 +446,25 @@ static int load_scenario(void) {
         d->power_mw = (unsigned int)json_u64(json_get(dj, "power_mw"), 100000);
         load_process_lists(d, json_get(dj, "processes"));
         load_procs(json_get(dj, "processes_started_after_count"), &d->late_procs, &d->nlate);
-        load_samples(d, json_get(dj, "process_samples"), now);
+        load_samples(json_get(dj, "process_samples"), now, now, &d->samples, &d->nsamples);
+        load_samples(json_get(dj, "utilization_garbage"), now, 0, &d->garbage, &d->ngarbage);
+        load_utilization_shape(d, dj);
         load_errors(json_get(dj, "errors"), &d->errors, &d->nerrors);
         load_delays(json_get(dj, "delays"), &d->delays, &d->ndelays);
+        const jval *gpm = json_get(dj, "gpm");
+        d->gpm_supported = gpm && json_bool(json_get(gpm, "supported"), 1);
+        d->gpm_too_close_nan = !strcmp(json_str(json_get(gpm, "too_close"), "invalid_argument"), "nan");
+        load_gpm_values(&d->gpm, gpm);
+        const jval *energy = json_get(dj, "energy_mj");
+        d->has_energy = energy && energy->type == J_NUM;
+        d->energy_mj = json_u64(energy, 0);
+        d->energy_mj_per_s = json_num(json_get(dj, "energy_mj_per_s"), 0);
+        d->energy_epoch_s = json_num(json_get(dj, "energy_epoch_s"), mtime);
 
         const jval *mig = json_get(dj, "mig");
         if (!mig) continue;
         d->has_mig = 1;
+        d->ci_lists_gi = json_bool(json_get(mig, "ci_lists_gi_processes"), 0);
         d->mig_current = (unsigned int)json_u64(json_get(mig, "mode"), 1);
         d->mig_pending = (unsigned int)json_u64(json_get(mig, "pending"), d->mig_current);
         d->mig_max = (unsigned int)json_u64(json_get(mig, "max_count"), 7);
@@ -341,7 +484,9 @@ static int load_scenario(void) {
             copy_str(m->uuid, sizeof(m->uuid), json_str(json_get(ij, "uuid"), ""));
             if (!m->uuid[0]) snprintf(m->uuid, sizeof(m->uuid), "MIG-00000000-0000-0000-%04zx-%012zx", i, k);
             snprintf(m->name, sizeof(m->name), "%s MIG %s", d->name, json_str(json_get(ij, "profile"), "1g.10gb"));
-            load_memory(m, json_get(ij, "memory"));
+            load_memory(m, gpu_instance_part(mig, m->gi, "memory"));
+            load_gpm_values(&m->gpm, json_get(ij, "gpm"));
+            load_gpm_values(&m->gi_gpm, gpu_instance_part(mig, m->gi, "gpm"));
             load_process_lists(m, json_get(ij, "processes"));
             load_errors(json_get(ij, "errors"), &m->errors, &m->nerrors);
             d->slots[slot] = m;
@@ -475,23 +620,42 @@ EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t dev, unsigned int *min
     return NVML_SUCCESS;
 }
 
+/* v1's used is "Sum of Reserved and Allocated" memory; v2 reports reserved apart and its used is the allocated
+ * memory only (nvml.h, nvmlMemory_t and nvmlMemory_v2_t). A MIG device reports its GPU instance's memory. */
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t dev, nvmlMemory_t *mem) {
     ENTER_DEV("nvmlDeviceGetMemoryInfo", dev);
     if (!mem) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long used = dev->mem_used + dev->mem_reserved;
     mem->total = dev->mem_total;
-    mem->used = dev->mem_used;
-    mem->free = dev->mem_total > dev->mem_used ? dev->mem_total - dev->mem_used : 0;
+    mem->used = used;
+    mem->free = dev->mem_total > used ? dev->mem_total - used : 0;
     return NVML_SUCCESS;
 }
 
+#ifndef FAKE_VARIANT_R470
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t dev, nvmlMemory_v2_t *mem) {
     ENTER_DEV("nvmlDeviceGetMemoryInfo_v2", dev);
     if (!mem) return NVML_ERROR_INVALID_ARGUMENT;
     if (mem->version != MEMORY_V2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    unsigned long long used = dev->mem_used + dev->mem_reserved;
     mem->total = dev->mem_total;
-    mem->reserved = 0;
+    mem->reserved = dev->mem_reserved;
     mem->used = dev->mem_used;
-    mem->free = dev->mem_total > dev->mem_used ? dev->mem_total - dev->mem_used : 0;
+    mem->free = dev->mem_total > used ? dev->mem_total - used : 0;
+    return NVML_SUCCESS;
+}
+#endif
+
+/* Millijoules since the driver was loaded; physical GPUs only (nvml.h: "For Volta or newer"). The counter holds
+ * energy_mj at energy_epoch_s and grows by energy_mj_per_s, so separate processes see one monotonic counter. */
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t dev, unsigned long long *energy) {
+    ENTER_DEV("nvmlDeviceGetTotalEnergyConsumption", dev);
+    if (!energy) return NVML_ERROR_INVALID_ARGUMENT;
+    if (dev->is_mig || !dev->has_energy) return NVML_ERROR_NOT_SUPPORTED;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double elapsed = (double)ts.tv_sec + ts.tv_nsec / 1e9 - dev->energy_epoch_s;
+    *energy = dev->energy_mj + (elapsed > 0 ? (unsigned long long)(elapsed * dev->energy_mj_per_s) : 0);
     return NVML_SUCCESS;
 }
 
@@ -551,6 +715,11 @@ static nvmlReturn_t running_processes(const char *fn, device_t *dev, int kind, u
         /* The parent's aggregate view: every instance's processes, tagged with their ids. */
         for (unsigned int s = 0; s < MAX_MIG_SLOTS; s++)
             if (dev->slots[s]) n += emit(dev->slots[s], kind, infos, n, cap);
+    } else if (dev->is_mig && dev->parent->ci_lists_gi) {
+        /* A compute instance's handle listing every process of its GPU instance, each with its own ids. */
+        for (unsigned int s = 0; s < MAX_MIG_SLOTS; s++)
+            if (dev->parent->slots[s] && dev->parent->slots[s]->gi == dev->gi)
+                n += emit(dev->parent->slots[s], kind, infos, n, cap);
     } else {
         n = emit(dev, kind, infos, 0, cap);
     }
@@ -595,11 +764,47 @@ EXPORT nvmlReturn_t nvmlDeviceGetConfComputeMemSizeInfo(nvmlDevice_t dev, void *
 
 /* ---- per-process utilisation ---- */
 
-static unsigned int newer_samples(const device_t *dev, unsigned long long last_seen) {
+/* The entries a query returns, in order: the garbage entries (returned whatever lastSeenTimeStamp says, nvtop
+ * #110), then the samples newer than lastSeenTimeStamp: each PID's newest one (latest: "One utilization sample
+ * structure is returned per process running", nvml.h) or every stored one (buffered). out may be NULL: count. */
+static unsigned int utilization_entries(const device_t *dev, unsigned long long last_seen, const sample_t **out) {
     unsigned int n = 0;
-    for (unsigned int i = 0; i < dev->nsamples; i++)
-        if (dev->samples[i].ts > last_seen) n++;
+    for (unsigned int i = 0; i < dev->ngarbage; i++) {
+        if (out) out[n] = &dev->garbage[i];
+        n++;
+    }
+    for (unsigned int i = 0; i < dev->nsamples; i++) {
+        const sample_t *s = &dev->samples[i];
+        if (s->ts <= last_seen) continue;
+        if (dev->util_shape == UTIL_LATEST) {
+            int newer = 0; /* another sample of this PID is newer (a tie goes to the later one in the list) */
+            for (unsigned int j = 0; j < dev->nsamples && !newer; j++) {
+                const sample_t *o = &dev->samples[j];
+                newer = j != i && o->pid == s->pid && (o->ts > s->ts || (o->ts == s->ts && j > i));
+            }
+            if (newer) continue;
+        }
+        if (out) out[n] = s;
+        n++;
+    }
     return n;
+}
+
+/* The count-then-fill protocol both calls share. Returns SUCCESS with *count entries in list, or an error. */
+static nvmlReturn_t utilization_query(const device_t *dev, int size_query, unsigned int *count,
+                                      unsigned long long last_seen, const sample_t ***list) {
+    unsigned int n = utilization_entries(dev, last_seen, NULL);
+    if (size_query && dev->util_size_fixed) {
+        *count = dev->util_size_answer; /* go-nvml #11: "100", with or without load */
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    if (n == 0) return NVML_ERROR_NOT_FOUND;
+    if (size_query || *count < n) { *count = n; return NVML_ERROR_INSUFFICIENT_SIZE; }
+    *list = calloc(n, sizeof(**list));
+    if (!*list) return NVML_ERROR_MEMORY;
+    utilization_entries(dev, last_seen, *list);
+    if (!dev->util_fill_unchanged) *count = n; /* else left as passed: slots past n keep what the caller had */
+    return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProcessUtilizationSample_t *out,
@@ -607,22 +812,20 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProces
     ENTER_DEV("nvmlDeviceGetProcessUtilization", dev);
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     if (dev->is_mig || mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
-    unsigned int n = newer_samples(dev, last_seen);
-    if (n == 0) return NVML_ERROR_NOT_FOUND;
-    if (!out || *count < n) { *count = n; return NVML_ERROR_INSUFFICIENT_SIZE; }
-    unsigned int k = 0;
-    for (unsigned int i = 0; i < dev->nsamples; i++) {
-        const sample_t *s = &dev->samples[i];
-        if (s->ts <= last_seen) continue;
+    const sample_t **list = NULL;
+    unsigned int n = utilization_entries(dev, last_seen, NULL);
+    nvmlReturn_t r = utilization_query(dev, out == NULL, count, last_seen, &list);
+    if (r != NVML_SUCCESS) return r;
+    for (unsigned int k = 0; k < n; k++) {
+        const sample_t *s = list[k];
         out[k].pid = s->pid;
         out[k].timeStamp = s->ts;
         out[k].smUtil = s->sm;
         out[k].memUtil = s->mem;
         out[k].encUtil = s->enc;
         out[k].decUtil = s->dec;
-        k++;
     }
-    *count = k;
+    free(list);
     return NVML_SUCCESS;
 }
 
@@ -632,17 +835,14 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvml
     if (!info) return NVML_ERROR_INVALID_ARGUMENT;
     if (info->version != PROCESSES_UTILIZATION_INFO_V1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     if (dev->is_mig || mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
-    unsigned int n = newer_samples(dev, info->lastSeenTimeStamp);
-    if (n == 0) return NVML_ERROR_NOT_FOUND;
-    if (!info->procUtilArray || info->processSamplesCount < n) {
-        info->processSamplesCount = n;
-        return NVML_ERROR_INSUFFICIENT_SIZE;
-    }
-    unsigned int k = 0;
-    for (unsigned int i = 0; i < dev->nsamples; i++) {
-        const sample_t *s = &dev->samples[i];
-        if (s->ts <= info->lastSeenTimeStamp) continue;
-        nvmlProcessUtilizationInfo_v1_t *o = &info->procUtilArray[k++];
+    const sample_t **list = NULL;
+    unsigned int n = utilization_entries(dev, info->lastSeenTimeStamp, NULL);
+    nvmlReturn_t r = utilization_query(dev, info->procUtilArray == NULL, &info->processSamplesCount,
+                                       info->lastSeenTimeStamp, &list);
+    if (r != NVML_SUCCESS) return r;
+    for (unsigned int k = 0; k < n; k++) {
+        const sample_t *s = list[k];
+        nvmlProcessUtilizationInfo_v1_t *o = &info->procUtilArray[k];
         o->timeStamp = s->ts;
         o->pid = s->pid;
         o->smUtil = s->sm;
@@ -652,7 +852,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvml
         o->jpgUtil = s->jpg;
         o->ofaUtil = s->ofa;
     }
-    info->processSamplesCount = k;
+    free(list);
     return NVML_SUCCESS;
 }
 #endif
@@ -715,3 +915,114 @@ EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t de
     *parent = dev->parent;
     return NVML_SUCCESS;
 }
+
+/* ---- GPM (GPU Performance Monitoring): Hopper and newer, NVML 11.8/12.0 (R520/R525) and later ---- */
+
+#ifndef FAKE_VARIANT_R470
+static gpm_sample_t *gpm_samples; /* every allocated sample */
+
+static gpm_sample_t *gpm_find(const gpm_sample_t *handle) {
+    for (gpm_sample_t *s = gpm_samples; s; s = s->next)
+        if (s == handle) return s;
+    return NULL;
+}
+
+static int gpm_supported(const device_t *dev) {
+    return dev->is_mig ? dev->parent->gpm_supported : dev->gpm_supported;
+}
+
+/* The metric ids nvmlGpmMetricId_t defines (nvml.h 13.3.29 up to 332, nvidia-ml-py 13.615.71 up to 476). */
+static int gpm_known(unsigned int id) {
+    static const unsigned int GPM_KNOWN[][2] = {
+        {1, 13}, {20, 21}, {30, 37}, {40, 47}, {50, 51}, {60, 97}, {100, 209}, {212, 476}};
+    for (size_t i = 0; i < sizeof(GPM_KNOWN) / sizeof(GPM_KNOWN[0]); i++)
+        if (id >= GPM_KNOWN[i][0] && id <= GPM_KNOWN[i][1]) return 1;
+    return 0;
+}
+
+static double monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t dev, nvmlGpmSupport_t *support) {
+    ENTER_DEV("nvmlGpmQueryDeviceSupport", dev);
+    if (!support) return NVML_ERROR_INVALID_ARGUMENT;
+    if (support->version != GPM_SUPPORT_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    support->isSupportedDevice = (unsigned int)gpm_supported(dev);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
+    ENTER("nvmlGpmSampleAlloc", NULL);
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    gpm_sample_t *s = calloc(1, sizeof(*s));
+    if (!s) return NVML_ERROR_MEMORY;
+    s->next = gpm_samples;
+    gpm_samples = s;
+    sample->handle = s;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
+    ENTER("nvmlGpmSampleFree", NULL);
+    for (gpm_sample_t **p = &gpm_samples; *p; p = &(*p)->next)
+        if (*p == sample.handle) {
+            *p = sample.handle->next;
+            free(sample.handle);
+            return NVML_SUCCESS;
+        }
+    return NVML_ERROR_INVALID_ARGUMENT;
+}
+
+/* A GPU handle samples the whole GPU, a MIG device handle its compute instance (nvml.h: "This API supports the
+ * device handle and MIG device handle"). */
+EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t dev, nvmlGpmSample_t sample) {
+    ENTER_DEV("nvmlGpmSampleGet", dev);
+    gpm_sample_t *s = gpm_find(sample.handle);
+    if (!s) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!gpm_supported(dev)) return NVML_ERROR_NOT_SUPPORTED;
+    *s = (gpm_sample_t){s->next, 1, dev, NA_U32, monotonic_s(), &dev->gpm};
+    return NVML_SUCCESS;
+}
+
+/* A GPU instance of a MIG-enabled GPU, by its id, through the GPU's handle (as DCGM's DcgmGpmManager calls it). */
+EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t dev, unsigned int gpu_instance_id, nvmlGpmSample_t sample) {
+    ENTER_DEV("nvmlGpmMigSampleGet", dev);
+    gpm_sample_t *s = gpm_find(sample.handle);
+    if (!s || dev->is_mig) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!gpm_supported(dev) || !mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
+    for (unsigned int k = 0; k < MAX_MIG_SLOTS; k++)
+        if (dev->slots[k] && dev->slots[k]->gi == gpu_instance_id) {
+            *s = (gpm_sample_t){s->next, 1, dev, gpu_instance_id, monotonic_s(), &dev->slots[k]->gi_gpm};
+            return NVML_SUCCESS;
+        }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
+    ENTER("nvmlGpmMetricsGet", NULL);
+    if (!mg) return NVML_ERROR_INVALID_ARGUMENT;
+    if (mg->version != GPM_METRICS_GET_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const gpm_sample_t *a = gpm_find(mg->sample1.handle), *b = gpm_find(mg->sample2.handle);
+    if (mg->numMetrics > GPM_METRIC_MAX || !a || !b || !a->filled || !b->filled || a->dev != b->dev || a->gi != b->gi)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    const device_t *gpu = a->dev->is_mig ? a->dev->parent : a->dev;
+    int too_close = b->t - a->t < GPM_MIN_INTERVAL_S; /* nvml.h: the interval "should be greater than 100ms" */
+    if (too_close && !gpu->gpm_too_close_nan) return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned int i = 0; i < mg->numMetrics; i++) {
+        nvmlGpmMetric_t *m = &mg->metrics[i];
+        memset(&m->metricInfo, 0, sizeof(m->metricInfo)); /* "Those can be NULL if not defined" */
+        m->value = 0;
+        m->nvmlReturn = gpm_known(m->metricId) ? NVML_SUCCESS : NVML_ERROR_INVALID_ARGUMENT;
+        for (unsigned int k = 0; m->nvmlReturn == NVML_SUCCESS && k < b->values->n; k++)
+            if (b->values->m[k].id == m->metricId) {
+                m->value = b->values->m[k].value;
+                m->nvmlReturn = b->values->m[k].err;
+            }
+        if (too_close && m->nvmlReturn == NVML_SUCCESS) m->value = NAN;
+    }
+    return NVML_SUCCESS;
+}
+#endif
