@@ -111,7 +111,9 @@ class _ReportFamilies:
         self.info = gauge("gpu_process_info", "A process using a GPU or MIG instance (value 1).", SEED_INFO_LABELS)
         self.util = gauge(
             "gpu_process_utilization",
-            "Percent of the interval since the previous run the process kept the GPU's SMs busy (absent on MIG).",
+            "SM utilisation of the process in percent, from the NVML samples newer than the previous run's: the "
+            "time-weighted mean of the entries the driver returned for it (current drivers return one per process: "
+            "its latest sample period); 0 when it had none; absent where NVML cannot measure it (MIG).",
             SEED_UTIL_LABELS)
         self.mem_util = gauge(
             "gpu_process_memory_utilization",

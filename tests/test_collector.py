@@ -97,15 +97,16 @@ def test_utilisation_is_averaged_over_the_samples_since_the_previous_run(host: H
     first = [{"pid": 501, "timestamp_us": now_us - 30_000_000, "sm": 20},
              {"pid": 501, "timestamp_us": now_us - 20_000_000, "sm": 40},
              {"pid": 501, "timestamp_us": now_us - 90_000_000, "sm": 100}]  # older than a minute: not the first run's
-    result = host.run(scenario([Gpu(0, compute=[proc(501)], samples=first)]))
+    # A driver that keeps several entries per process (equally spaced here, so weighting by time is the plain mean).
+    result = host.run(scenario([Gpu(0, compute=[proc(501)], samples=first, utilization_shape="buffered")]))
     assert result.value("gpu_process_utilization", pid="501") == 30
 
     later = [*first, {"pid": 501, "timestamp_us": now_us - 1_000_000, "sm": 70},
              {"pid": 501, "timestamp_us": now_us - 500_000, "sm": 90}]
-    result = host.run(scenario([Gpu(0, compute=[proc(501)], samples=later)]))
+    result = host.run(scenario([Gpu(0, compute=[proc(501)], samples=later, utilization_shape="buffered")]))
     assert result.value("gpu_process_utilization", pid="501") == 80  # only the two newer than the persisted stamp
 
-    result = host.run(scenario([Gpu(0, compute=[proc(501)], samples=later)]))
+    result = host.run(scenario([Gpu(0, compute=[proc(501)], samples=later, utilization_shape="buffered")]))
     assert result.value("gpu_process_utilization", pid="501") == 0  # NOT_FOUND: nothing newer
     assert result.value("gpu_process_info", pid="501", status="idle") == 1
 

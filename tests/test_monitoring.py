@@ -156,7 +156,8 @@ def build(host: Host, workloads: list[Workload]) -> tuple[dict[str, Any], PodHos
     for index in range(4):
         mine = [w for w in workloads if w.unit == str(index)]
         samples = [{"pid": w.pid, "age_s": 1 + n, "sm": sm} for w in mine for n, sm in enumerate(w.sm)]
-        gpus.append(Gpu(index, compute=[proc(w.pid, w.used_gib * GIB) for w in mine], samples=samples))
+        gpus.append(Gpu(index, compute=[proc(w.pid, w.used_gib * GIB) for w in mine], samples=samples,
+                        utilization_shape="buffered"))  # a driver that keeps every sample: the expected means hold
     instances = []
     for unit, (slot, size, profile) in MIG_UNITS.items():
         gi, ci = (int(x) for x in unit.split("_")[1:])
