@@ -34,7 +34,7 @@ class MigInfo:
 class Device:
     """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
 
-    label: str  # the seed's `gpu` label: "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    label: str  # the `gpu` label (docs/seed-interface.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
     index: int  # the physical GPU's NVML index
     uuid: str  # GPU-… or MIG-…
     name: str

@@ -38,7 +38,7 @@ _reported_missing: set[str] = set()
 
 class _ProcessInfoR535(ctypes.Structure):
     """The 32-byte process entry early R535 drivers (535.54.x) write for *_RunningProcesses_v3 without changing
-    its version: pynvml's 24-byte array then comes back garbled from the second entry on (REFERENCE fact 13)."""
+    its version: pynvml's 24-byte array then comes back garbled from the second entry on (docs/nvml-driver.md)."""
 
     _fields_ = [
         ("pid", ctypes.c_uint),

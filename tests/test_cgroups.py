@@ -1,4 +1,4 @@
-"""cgroup parsing: every path shape of REFERENCE.md §3, and a property test over arbitrary text."""
+"""cgroup parsing: every path shape docs/runtimes-and-cgroups.md lists, and a property test over arbitrary text."""
 
 from __future__ import annotations
 
