@@ -57,7 +57,7 @@ PATTERNS: tuple[tuple[str, tuple[str, ...], Optional[re.Pattern[str]]], ...] = t
          r"(?:/" + _K8S_PREFIX + r"-(?P<container_id>" + H64 + r")(?:\.scope)?)?" + _END),
         ("k8s_cgroupfs", ("kubepods",), r"kubepods(?:/(?P<qos>besteffort|burstable))?/pod" + UID +
          r"(?:/(?:(?P<runtime>crio)-)?(?P<container_id>" + H64 + r"))?" + _END),
-        ("container", ("cri-containerd", "crio", "docker", "libpod", "kubepods"), None),
+        ("container", ("cri-containerd", "crio", "docker", "libpod", "podman-", "kubepods"), None),
         ("slurm_v2", ("slurmstepd",), r"/(?:(?P<node>[^/]+)_)?slurmstepd\.scope/job_(?P<job>\d+)"
          r"(?:/step_(?P<step>\d+|batch|extern|interactive))?"),
         ("slurm_v1", ("/slurm",), r"/slurm(?:_(?P<node>[^/]+))?/uid_(?P<uid>\d+)/job_(?P<job>\d+)"
@@ -70,12 +70,13 @@ PATTERNS: tuple[tuple[str, tuple[str, ...], Optional[re.Pattern[str]]], ...] = t
     ))
 
 # One path segment naming a container: "<prefix>-<id>[.scope]" (systemd scope or cgroupfs leaf), the verbatim
-# "<slice>:<prefix>:<id>", podman's split payload, or a bare id (under docker/ or a kubepods tree).
+# "<slice>:<prefix>:<id>", podman's split payload, or a bare id (under docker/, podman-<pid>.scope or a kubepods tree).
 _RUNTIME_SEGMENT = re.compile(r"(?P<runtime>cri-containerd|crio|docker|libpod)-(?P<container_id>" + H64 +
                               r")(?:\.scope)?")
 _VERBATIM_SEGMENT = re.compile(r"[^:]*:(?P<runtime>cri-containerd|crio|docker|libpod):(?P<container_id>" + H64 + ")")
 _PAYLOAD_SEGMENT = re.compile(r"libpod-payload-(?P<container_id>" + H64 + ")")
 _BARE_ID = re.compile(H64)
+_PODMAN_PID_SCOPE = re.compile(r"podman-\d+\.scope")  # old rootless podman: podman-<pid>.scope/<id>
 _USER_MANAGER = re.compile(r"/user@(\d+)\.service(?:/|$)")
 
 _CGROUPNS_PREFIX = re.compile(r"^(?:/\.\.)+(?=/)")
@@ -167,6 +168,8 @@ def _container_owner(path: str) -> Optional[CgroupOwner]:
         if _BARE_ID.fullmatch(segment):
             if segments[depth - 1] == "docker":
                 return _container("docker", segment, path)
+            if _PODMAN_PID_SCOPE.fullmatch(segments[depth - 1]):
+                return _container("podman", segment, path)
             if any(s.startswith("kubepods") for s in segments[:depth]):
                 return _container("", segment, path)  # a pod's cgroupfs leaf; the runtime is not in the path
     return None

@@ -220,6 +220,14 @@ def test_podman_libpod_scope_with_and_without_scope() -> None:
          container("podman", PODMAN_ID, "podman"))
 
 
+def test_podman_old_rootless_pid_scope() -> None:
+    # podman 1.x rootless on cgroup v1: the container under podman-<pid>.scope in name=systemd
+    # (falcosecurity/libs userspace/libsinsp/container_engine/docker/podman.cpp, detect_podman)
+    text = ("4:memory:/user.slice\n"
+            f"1:name=systemd:/user.slice/user-1000.slice/user@1000.service/user.slice/podman-4821.scope/{PODMAN_ID}\n")
+    same(text, container("podman", PODMAN_ID, "podman", user_uid="1000"))
+
+
 def test_podman_conmon_scope_is_not_the_container() -> None:
     same(f"0::/machine.slice/libpod-conmon-{PODMAN_ID}.scope\n", CgroupOwner(kind="host"))
 
