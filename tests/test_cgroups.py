@@ -245,23 +245,26 @@ def test_containerd_leaf_without_scope() -> None:
     same(f"0::/kubepods.slice/kubepods-pod{UID_}.slice/crio-{CID}/container\n", pod(runtime="crio", qos="guaranteed"))
 
 
-def test_hybrid_user_manager_line_is_shallower_than_unified() -> None:
-    # snapcore/snapd userd/helpers_test.go mockCgroup: pids stops at the user manager, systemd's own hierarchies
-    # name the gnome-terminal unit below it
-    text = ("10:devices:/user.slice\n9:cpuset:/\n8:net_cls,net_prio:/\n7:freezer:/snap.hello-world\n6:perf_event:/\n"
-            "5:pids:/user.slice/user-1000.slice/user@1000.service\n4:cpu,cpuacct:/\n3:memory:/\n2:blkio:/\n"
-            "1:name=systemd:/user.slice/user-1000.slice/user@1000.service/gnome-terminal-server.service\n"
-            "0::/user.slice/user-1000.slice/user@1000.service/gnome-terminal-server.service\n")
-    same(text, CgroupOwner(kind="host", name="user-1000"))
-
-
-def test_hybrid_user_manager_line_with_a_v1_only_host() -> None:
+HYBRID_USER_FILES = {
+    # snapcore/snapd userd/helpers_test.go mockCgroup (hybrid): pids stops at the user manager, systemd's own
+    # hierarchies name the gnome-terminal unit below it
+    "hybrid, snapd fixture": (
+        "10:devices:/user.slice\n9:cpuset:/\n8:net_cls,net_prio:/\n7:freezer:/snap.hello-world\n6:perf_event:/\n"
+        "5:pids:/user.slice/user-1000.slice/user@1000.service\n4:cpu,cpuacct:/\n3:memory:/\n2:blkio:/\n"
+        "1:name=systemd:/user.slice/user-1000.slice/user@1000.service/gnome-terminal-server.service\n"
+        "0::/user.slice/user-1000.slice/user@1000.service/gnome-terminal-server.service\n"),
     # Ubuntu 22.04 legacy hierarchy, a terminal's shell (a public cgroups walkthrough): memory and pids stop at
-    # the user manager, name=systemd and the unified line go down to the vte-spawn scope
-    text = ("13:rdma:/\n12:blkio:/user.slice\n11:perf_event:/\n10:pids:/user.slice/user-1000.slice/user@1000.service\n"
-            "9:freezer:/\n8:memory:/user.slice/user-1000.slice/user@1000.service\n7:cpu,cpuacct:/user.slice\n"
-            "1:name=systemd:/user.slice/user-1000.slice/user@1000.service/apps.slice/apps-org.gnome.Terminal.slice/"
-            "vte-spawn-8a2ac531-aa46-4222-aedf-2d9ef54b37af.scope\n")
+    # the user manager, name=systemd goes down to the vte-spawn scope
+    "legacy v1, terminal shell": (
+        "13:rdma:/\n12:blkio:/user.slice\n11:perf_event:/\n10:pids:/user.slice/user-1000.slice/user@1000.service\n"
+        "9:freezer:/\n8:memory:/user.slice/user-1000.slice/user@1000.service\n7:cpu,cpuacct:/user.slice\n"
+        "1:name=systemd:/user.slice/user-1000.slice/user@1000.service/apps.slice/apps-org.gnome.Terminal.slice/"
+        "vte-spawn-8a2ac531-aa46-4222-aedf-2d9ef54b37af.scope\n"),
+}
+
+
+@pytest.mark.parametrize("text", list(HYBRID_USER_FILES.values()), ids=list(HYBRID_USER_FILES))
+def test_hybrid_user_manager_line_is_shallower_than_unified(text: str) -> None:
     same(text, CgroupOwner(kind="host", name="user-1000"))
 
 
