@@ -130,7 +130,8 @@ def cgroup_paths(text: str) -> list[str]:
 
 def most_specific_paths(paths: list[str]) -> list[str]:
     """paths without those that are an ancestor of another: on hybrid hosts a v1 controller that is not delegated
-    further down (pids under user@<uid>.service, a job-level cpuset) shows a shallower path of the same cgroup."""
+    further down (pids under user@<uid>.service, a Slurm job-level memory cgroup) shows a shallower path of the
+    same cgroup."""
     if len(paths) < 2:
         return paths
 
