@@ -14,12 +14,14 @@ class OwnerKind:
     POD = "pod"  # a Kubernetes pod's container (containerd, CRI-O, cri-dockerd)
     DOCKER = "docker"  # a plain docker container
     PODMAN = "podman"  # a podman container (rootful or rootless)
+    CONTAINER = "container"  # a containerd or CRI-O container whose pod its cgroup path does not validly name
     SYSTEMD = "systemd"  # a systemd service
     SLURM = "slurm"  # a Slurm job step
     HOST = "host"  # anything else: a user session, a shell, an unrecognised cgroup
 
 
-OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.SYSTEMD, OwnerKind.SLURM, OwnerKind.HOST)
+OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.CONTAINER, OwnerKind.SYSTEMD,
+               OwnerKind.SLURM, OwnerKind.HOST)
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class MigInfo:
 class Device:
     """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
 
-    label: str  # the `gpu` label (docs/seed-interface.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    # the `gpu` label (docs/seed-interface.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    label: str
     index: int  # the physical GPU's NVML index
     uuid: str  # GPU-… or MIG-…
     name: str

@@ -33,7 +33,8 @@ def pod_uid(seed: str) -> str:
 
 
 def static_pod_uid(seed: str) -> str:
-    """Static pods: kubelet's MD5 hex of the manifest, 32 characters, no dashes (kubelet's pkg/kubelet/config/common.go)."""
+    """Static pods: kubelet's MD5 hex of the manifest, 32 characters, no dashes (kubelet's
+    pkg/kubelet/config/common.go)."""
     return hashlib.md5(seed.encode()).hexdigest()  # noqa: S324
 
 
