@@ -77,6 +77,18 @@ class GpuProcess:
 
 
 @dataclass(frozen=True)
+class DeviceActivity:
+    """What NVML's GPM measured on a whole GPU or one MIG GPU instance between two samples, in percent of that
+    GPU's or instance's own resources; None where a metric could not be read."""
+
+    seconds: float  # the interval between the two samples
+    sm_util: Optional[float]
+    sm_occupancy: Optional[float]
+    tensor_active: Optional[float]
+    dram_bw_util: Optional[float]
+
+
+@dataclass(frozen=True)
 class NvmlSnapshot:
     driver_version: str
     devices: tuple[Device, ...]
@@ -86,6 +98,11 @@ class NvmlSnapshot:
     listed_at: float = 0.0
     # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
     last_seen_us: dict[str, int] = field(default_factory=dict)
+    # GPM activity by device label: a whole GPU's, or a MIG GPU instance's under the label of the unit that
+    # reports its memory (Device.memory_pool). Absent where GPM is not supported.
+    activity: dict[str, DeviceActivity] = field(default_factory=dict)
+    # Energy since the driver loaded, in millijoules, by physical GPU UUID (Volta and newer).
+    energy_mj: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
