@@ -13,10 +13,20 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     shift
 fi
 mkdir -p "$out" || exit 2
-py="${DEVICE_CHECK_PYTHON:-.venv/bin/python}"
-if ! "$py" -c 'import pynvml, prometheus_client, psutil' 2>"$out/python.log"; then
-    echo "device-check: cannot start: $py cannot import pynvml, prometheus_client and psutil (see $out/python.log;" \
-        "carry .venv, see docs/real-gpu-check.md)" | tee "$out/device-check.md" >&2
+# The Python that runs everything: $DEVICE_CHECK_PYTHON, else .venv (scripts/demo.sh makes it), else the lean
+# bench/out/venv of docs/real-gpu-check.md; the first that has the collector's dependencies.
+py=""
+: >"$out/python.log"
+for candidate in ${DEVICE_CHECK_PYTHON:-.venv/bin/python bench/out/venv/bin/python}; do
+    if "$candidate" -c 'import pynvml, prometheus_client, psutil' 2>>"$out/python.log"; then
+        py="$candidate"
+        break
+    fi
+done
+if [ -z "$py" ]; then
+    echo "device-check: cannot start: no Python here imports pynvml, prometheus_client and psutil (tried" \
+        "${DEVICE_CHECK_PYTHON:-.venv/bin/python bench/out/venv/bin/python}; see $out/python.log and" \
+        "docs/real-gpu-check.md)" | tee "$out/device-check.md" >&2
     exit 2
 fi
 

@@ -120,8 +120,8 @@ def test_the_timeout_stops_the_workers_and_still_reports(tmp_path: Path) -> None
 def test_without_a_usable_python_it_says_so(tmp_path: Path) -> None:
     result = run_check(tmp_path, "--stand-in", env={"DEVICE_CHECK_PYTHON": str(tmp_path / "no-python")})
     assert result.returncode == 2
-    assert "cannot import pynvml" in result.stderr
-    assert "cannot import pynvml" in (tmp_path / "device-check.md").read_text()
+    assert "no Python here imports pynvml" in result.stderr
+    assert "no Python here imports pynvml" in (tmp_path / "device-check.md").read_text()
 
 
 # ---- the unit's sandbox
