@@ -190,7 +190,7 @@ class GpuLoad:
     def spin(self, seconds: float, blocks: int) -> None:
         """Runs the kernel for `seconds` on `blocks` blocks (0: one per SM) and waits for it."""
         ns = ctypes.c_uint64(int(seconds * 1e9))
-        params = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.byref(ns), ctypes.c_void_p))
+        params = (ctypes.c_void_p * 1)(ctypes.addressof(ns))  # kernelParams: one pointer per parameter
         grid = blocks if blocks > 0 else max(self.sms, 1)
         self._call("cuLaunchKernel", self._function, grid, 1, 1, THREADS_PER_BLOCK, 1, 1, 0, None, params, None)
         self._call("cuCtxSynchronize")
@@ -325,6 +325,10 @@ def _discover(pynvml: Any) -> dict[str, Any]:
             dev["gpm_supported"] = bool(pynvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
         except Exception as err:
             dev["gpm_supported"] = _nvml_error(err)
+        try:
+            dev["compute_mode"] = int(pynvml.nvmlDeviceGetComputeMode(handle))
+        except Exception as err:
+            dev["compute_mode"] = _nvml_error(err)
         found["devices"].append(dev)
     return found
 
@@ -364,9 +368,13 @@ def probe_main(args: argparse.Namespace) -> int:
             result = _discover(pynvml)
         else:
             since_us = int((time.time() - args.since_s) * 1e6)
-            result = {"gpu": _utilisation(pynvml, pynvml.nvmlDeviceGetHandleByUUID(args.uuid), since_us)}
-            if args.mig_uuid:
-                result["mig"] = _utilisation(pynvml, pynvml.nvmlDeviceGetHandleByUUID(args.mig_uuid), since_us)
+            result = {}
+            for where, uuid in (("gpu", args.uuid), ("mig", args.mig_uuid)):
+                if uuid:
+                    try:
+                        result[where] = _utilisation(pynvml, pynvml.nvmlDeviceGetHandleByUUID(uuid), since_us)
+                    except pynvml.NVMLError as err:
+                        result[where] = {"error": f"nvmlDeviceGetHandleByUUID({uuid}): {_nvml_error(err)}"}
     finally:
         pynvml.nvmlShutdown()
     print(json.dumps(result, indent=1))
@@ -745,6 +753,10 @@ class DeviceCheck:
         if not devices or self.args.gpu >= len(devices):
             raise RuntimeError(f"NVML lists {len(devices)} GPU(s); no GPU {self.args.gpu}")
         dev = devices[self.args.gpu]
+        if dev.get("compute_mode") in (2, 3):  # PROHIBITED, EXCLUSIVE_PROCESS: three workers cannot share it
+            mode = {2: "PROHIBITED", 3: "EXCLUSIVE_PROCESS"}[dev["compute_mode"]]
+            raise RuntimeError(f"GPU {dev['index']} is in compute mode {mode}: the workers need DEFAULT, and this "
+                               "check changes no GPU setting")
         if isinstance(dev["mig_mode"], dict) and dev["mig_mode"]["current"] == 1:
             if not dev["migs"]:
                 raise RuntimeError(f"GPU {dev['index']} is in MIG mode with no instances (this check creates none)")
@@ -1036,7 +1048,8 @@ class DeviceCheck:
         if disc:
             lines.append(f"- driver {disc.get('driver_version')}, CUDA driver API {disc.get('cuda_driver_version')}")
             for dev in disc.get("devices", []):
-                lines.append(f"- GPU {dev['index']}: MIG mode {dev['mig_mode']}, GPM supported: {dev['gpm_supported']}")
+                lines.append(f"- GPU {dev['index']}: MIG mode {dev['mig_mode']}, GPM supported: {dev['gpm_supported']}"
+                             f", compute mode {dev.get('compute_mode')}")
         for name, w in self.records.get("workers", {}).items():
             lines.append(f"- worker {name}: PID {w['pid']}, {w['mib']} MiB, duty {w['spec_duty']:g}, device "
                          f"{w['device']} ({w['sms']} SMs)")
