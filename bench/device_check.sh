@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The real-GPU check, for a session that is lent a GPU machine (docs/real-gpu-check.md): known GPU work (libcuda
 # through ctypes, no CUDA toolkit), the collector's answer about it, nvidia-smi's, and what NVML itself records.
-# Needs .venv (carry it) and the NVIDIA driver; changes no GPU setting; done in under 5 minutes.
+# Needs the NVIDIA driver and a Python with the collector's dependencies (.venv, or the lean bench/out/venv the doc
+# shows how to make and carry); changes no GPU setting; done in under 5 minutes.
 #   bench/device_check.sh [OUTDIR] [--stand-in | --stand-in-mig] [--interval SECONDS]
 # OUTDIR defaults to $OUT, then /tmp/device-check. Exit 0: every check passed; 1: one failed; 2: could not start.
 # DEVICE_CHECK_STAND_IN=1 is --stand-in (no GPU: the stand-in NVML library and a fake nvidia-smi).
 set -uo pipefail
-cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/device-check}"
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     out="$1"
     shift
 fi
-mkdir -p "$out" || exit 2
+mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 2
+cd "$(dirname "$0")/.." || exit 2
 # The Python that runs everything: $DEVICE_CHECK_PYTHON, else .venv (scripts/demo.sh makes it), else the lean
 # bench/out/venv of docs/real-gpu-check.md; the first that has the collector's dependencies.
 py=""
