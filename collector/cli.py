@@ -1,28 +1,18 @@
-"""Command line: options and config file into one Settings record, one collection (or one per --interval), the
-file, exit codes.
-
-Exit codes: 0 collected and written; 1 collection failed (the file says gpu_proc_collector_up 0); 2 bad usage or
-configuration; 3 the file could not be written (the previous one is untouched); 4 the run passed its deadline (the
-file says gpu_proc_collector_up 0); 75 another run holds the lock.
+"""Command line: options and config file into one Settings record, then one collection, or one per --interval
+(collector.runner). Exit code 2 is a bad command line or configuration; the others are the runner's.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import json
 import logging
-import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
-from collector import __version__, state
-from collector.metrics import render_failure
-from collector.run import collect
+from collector import __version__
+from collector.runner import run_once, serve
 from collector.settings import (
     CONFIG_TYPES,
     DEFAULTS,
@@ -35,11 +25,10 @@ from collector.settings import (
     check_types,
     parse_devices,
 )
-from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger("gpu-proc-collector")
 
-EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_DEADLINE, EXIT_LOCKED = 0, 1, 2, 3, 4, 75
+EXIT_USAGE = 2
 
 __all__ = ["UsageError", "main", "parse_devices", "settings"]
 
@@ -79,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {d.deadline:g})")
     parser.add_argument("--interval", metavar="SECONDS", type=float,
                         help="keep running, one collection per interval (default: one collection, then exit)")
+    parser.add_argument("--sample-interval", metavar="SECONDS", type=float,
+                        help="with --interval: seconds between per-process utilisation samples "
+                        f"(default {d.sample_interval:g})")
     parser.add_argument("--config", metavar="FILE", help="JSON file with any of: " + ", ".join(CONFIG_TYPES))
     parser.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {d.log_level}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -112,112 +104,6 @@ def settings(argv: Optional[Sequence[str]]) -> Settings:
     return build(values)
 
 
-class RunLock:
-    """An exclusive flock in the state directory: a manual run and the timer's never overlap."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "lock")
-        self._file: Optional[IO[str]] = None
-
-    def acquire(self) -> bool:
-        """False when another run holds it. Without a usable state directory, runs go unlocked (logged)."""
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
-        except OSError as err:
-            log.warning("no state directory (%s): running without state or lock", err)
-            return True
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def write_output(text: bytes, settings: Settings) -> int:
-    if settings.textfile is None:
-        sys.stdout.buffer.write(text)
-        sys.stdout.flush()
-        return EXIT_OK
-    try:
-        atomic_write(settings.textfile, text)
-    except WriteError as err:
-        log.error("%s (the previous file is left as it was)", err)
-        return EXIT_WRITE_FAILED
-    return EXIT_OK
-
-
-class Watchdog:
-    """Bounds a whole run: NVML calls are C calls no Python timeout can interrupt, so past the deadline another
-    thread writes the failed-run file (up 0, no process series) and ends the process.
-
-    Exactly one of the two publishes: the run and the watchdog each take `publishing` and look at `settled`
-    under it. Whoever comes first writes and settles; the other does nothing. So the watchdog can never overwrite
-    a file the run has written, even when it fires between the run's write and its cancel."""
-
-    def __init__(self, seconds: float, settings: Settings, previous: state.State) -> None:
-        self.seconds = seconds
-        self.settings = settings
-        self.previous = previous
-        self._publishing = threading.Lock()
-        self._settled = False
-        self._timer = threading.Timer(seconds, self._expired)
-        self._timer.daemon = True
-
-    def __enter__(self) -> Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def publish(self, text: bytes) -> int:
-        """Writes the run's own file, unless the watchdog already wrote its own (then this process is ending)."""
-        with self._publishing:
-            if self._settled:  # not reached: the watchdog ends the process while it holds the lock
-                return EXIT_DEADLINE
-            self._settled = True
-            return write_output(text, self.settings)
-
-    def _expired(self) -> None:
-        with self._publishing:
-            if self._settled:
-                return  # the run published its own result
-            self._settled = True
-            log.error("the run exceeded its %g s deadline (an NVML call hung?); writing gpu_proc_collector_up 0",
-                      self.seconds)
-            write_output(render_failure(self.previous.last_success, self.seconds), self.settings)
-            sys.stderr.flush()
-            os._exit(EXIT_DEADLINE)
-
-
-def run_once(settings: Settings) -> int:
-    lock = RunLock(settings.state_dir)
-    if not lock.acquire():
-        log.error("another gpu-proc-collector run holds %s; this one exits without collecting", lock.path)
-        return EXIT_LOCKED
-    try:
-        previous = state.load(settings.state_dir)
-        with Watchdog(settings.deadline, settings, previous) as watchdog:
-            outcome = collect(settings, previous)
-            code = watchdog.publish(outcome.text)
-        if code != EXIT_OK:
-            return code
-        if not outcome.ok:
-            return EXIT_COLLECTION_FAILED
-        state.save(settings.state_dir, outcome.state)
-        return EXIT_OK
-    finally:
-        lock.release()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(stream=sys.stderr, format="gpu-proc-collector: %(levelname)s: %(message)s")
     try:
@@ -228,11 +114,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger().setLevel(current.log_level.upper())
     if current.interval is None:
         return run_once(current)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    code = EXIT_OK
-    while not stop.is_set():
-        code = run_once(current)
-        stop.wait(current.interval)
-    return code
+
+    def reload() -> Settings:
+        new = settings(argv)
+        logging.getLogger().setLevel(new.log_level.upper())
+        return new
+
+    return serve(current, reload)

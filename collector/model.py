@@ -74,6 +74,10 @@ class GpuProcess:
     used_memory: Optional[int]  # bytes; None when NVML reports it as not available
     sm_utilization: Optional[float]  # mean SM % over the interval; None where not measurable
     active: Optional[bool]  # SM activity seen in the interval; None where not measurable
+    # The long-running mode integrates samples through the interval: SM-busy seconds since window_start (wall
+    # time), which the run turns into a percentage of the time the process existed. None in a timer run.
+    sm_busy_seconds: Optional[float] = None
+    window_start: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ class _GpmTarget:
 class _Reader:
     options: _Options
     gpm_support: dict[str, bool]  # by GPU UUID, kept by the session: support does not change while loaded
+    integrator: Optional[Integrator] = None  # the long-running mode's utilisation sampling
     devices: list[Device] = field(default_factory=list)
     processes: list[GpuProcess] = field(default_factory=list)
     failed: list[FailedGpu] = field(default_factory=list)
@@ -255,52 +256,124 @@ class _Reader:
 
     def _activity(self, handle: Any, uuid: str, listed: Collection[int]) -> Optional[dict[int, Activity]]:
         """SM activity per listed PID from the samples newer than the last run's; None where per-process
-        utilisation cannot be measured. Only plausible entries count (see plausible_samples)."""
+        utilisation cannot be measured. In the long-running mode, what the session integrated since the last
+        write instead."""
         now = self.options.now_us
+        if self.integrator is not None:
+            return self.integrator.take(uuid, handle, listed, now)
         since = self.options.last_seen_us.get(uuid, 0)
         if since <= 0 or since > now:  # first run, or the clock stepped back since the last one
             since = now - FIRST_RUN_WINDOW_US
         self.last_seen_us[uuid] = since
-        try:
-            raw = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
-        except pynvml.NVMLError_NotFound:
-            return {}  # no process had SM activity since `since`: measured, all idle
-        except pynvml.NVMLError_NotSupported:
+        kept = query_samples(handle, uuid, since, now, listed)
+        if kept is None:
             return None
-        except pynvml.NVMLError_FunctionNotFound:
-            _note_missing("nvmlDeviceGetProcessUtilization")
-            return None
-        except pynvml.NVMLError_GpuIsLost:
-            raise
-        except pynvml.NVMLError as err:
-            log.warning("per-process utilisation of %s unavailable this run: %s", uuid, err)
-            return None
-        samples = [(int(s.pid), int(s.timeStamp), int(s.smUtil)) for s in raw]
-        kept = plausible_samples(samples, listed, since, now)
-        if len(kept) < len(samples):
-            log.debug("%s: ignored %d of %d utilisation entries (unlisted PID, SM %% over 100, or a timestamp "
-                      "outside (last seen, now])", uuid, len(samples) - len(kept), len(samples))
         if kept:
             self.last_seen_us[uuid] = max(ts for _, ts, _ in kept)
         return time_weighted(kept)
+
+
+def query_samples(handle: Any, uuid: str, since_us: int, now_us: int,
+                  listed: Optional[Collection[int]]) -> Optional[list[Sample]]:
+    """The plausible utilisation entries newer than since_us; [] when none; None where not measurable."""
+    try:
+        raw = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
+    except pynvml.NVMLError_NotFound:
+        return []  # no process had SM activity since then: measured, all idle
+    except pynvml.NVMLError_NotSupported:
+        return None
+    except pynvml.NVMLError_FunctionNotFound:
+        _note_missing("nvmlDeviceGetProcessUtilization")
+        return None
+    except pynvml.NVMLError_GpuIsLost:
+        raise
+    except pynvml.NVMLError as err:
+        log.warning("per-process utilisation of %s unavailable: %s", uuid, err)
+        return None
+    samples = [(int(s.pid), int(s.timeStamp), int(s.smUtil)) for s in raw]
+    kept = plausible_samples(samples, listed, since_us, now_us)
+    if len(kept) < len(samples):
+        log.debug("%s: ignored %d of %d utilisation entries (unlisted PID, SM %% over 100, or a timestamp "
+                  "outside (last seen, now])", uuid, len(samples) - len(kept), len(samples))
+    return kept
+
+
+class Integrator:
+    """The long-running mode's per-process utilisation: sampled every few seconds between two writes and
+    integrated per PID over the time each tick covers, so a write reports the SM % of the whole interval, not
+    of the driver's last sample period. Each tick's entries (time-weighted per PID) stand for the time since
+    the previous tick; a PID with no entry in a tick was idle in it (the driver lists only busy processes)."""
+
+    def __init__(self) -> None:
+        self.window_start = time.time()
+        self.handles: dict[str, Any] = {}  # whole GPUs to sample, from the last read (valid until nvmlShutdown)
+        self.busy: dict[str, dict[int, float]] = {}  # GPU UUID -> PID -> SM-busy seconds in this window
+        self.last_tick: dict[str, float] = {}
+        self.last_seen_us: dict[str, int] = {}
+
+    def tick(self, now: Optional[float] = None) -> None:
+        now = time.time() if now is None else now
+        for uuid, handle in list(self.handles.items()):
+            try:
+                self._sample(uuid, handle, now)
+            except pynvml.NVMLError as err:  # the next write's read meets it and reports it
+                log.debug("utilisation tick on %s: %s", uuid, err)
+
+    def _sample(self, uuid: str, handle: Any, now: float) -> None:
+        start = self.last_tick.get(uuid, self.window_start)
+        # A GPU's first query looks back as a timer run's first does: the driver's latest sample predates us.
+        since = self.last_seen_us.get(uuid, int(start * 1_000_000) - FIRST_RUN_WINDOW_US)
+        kept = query_samples(handle, uuid, since, int(now * 1_000_000), None)
+        self.last_tick[uuid] = now
+        if kept is None:
+            self.handles.pop(uuid, None)
+            return
+        if kept:
+            self.last_seen_us[uuid] = max(ts for _, ts, _ in kept)
+        span = max(0.0, now - start)
+        busy = self.busy.setdefault(uuid, {})
+        for pid, activity in time_weighted(kept).items():
+            busy[pid] = busy.get(pid, 0.0) + activity.sm_percent / 100.0 * span
+
+    def take(self, uuid: str, handle: Any, listed: Collection[int], now_us: int) -> Optional[dict[int, Activity]]:
+        """The window's activity of the listed PIDs (a last tick first), and a new window from now."""
+        now = now_us / 1_000_000
+        self.handles[uuid] = handle
+        self._sample(uuid, handle, now)
+        if uuid not in self.handles:
+            return None  # not measurable on this GPU
+        busy = self.busy.pop(uuid, {})
+        start = self.window_start
+        self.last_tick[uuid] = now
+        return {pid: Activity(sm_percent=100.0 * busy.get(pid, 0.0) / max(now - start, 1e-9),
+                              active=busy.get(pid, 0.0) > 0, busy_seconds=busy.get(pid, 0.0), window_start=start)
+                for pid in listed}
+
+    def new_window(self, now: float) -> None:
+        self.window_start = now
+        for uuid in self.last_tick:
+            self.last_tick[uuid] = now
 
 
 @dataclass(frozen=True)
 class Activity:
     sm_percent: float  # time-weighted mean SM % over the process's kept entries
     active: bool  # some kept entry shows SM activity
+    busy_seconds: Optional[float] = None  # the long-running mode's integral, and since when
+    window_start: Optional[float] = None
 
 
 Sample = tuple[int, int, int]  # (pid, timestamp in µs, SM %)
 
 
-def plausible_samples(samples: Iterable[Sample], listed: Collection[int], since_us: int, now_us: int) -> list[Sample]:
+def plausible_samples(samples: Iterable[Sample], listed: Optional[Collection[int]], since_us: int,
+                      now_us: int) -> list[Sample]:
     """The entries worth believing. Real drivers return garbage entries too (docs/nvml-driver.md): PIDs in no
     process list, SM % above 100 (even 2^32-1), timestamps at or before the one asked for, or in the future. Only
     entries of listed PIDs with 0 <= SM <= 100 and since < timestamp <= now are kept, so one bad entry can neither
     yield a utilisation outside 0..100 nor move the saved timestamp past now (which would blind later runs)."""
     return [(pid, ts, sm) for pid, ts, sm in samples
-            if pid in listed and 0 <= sm <= MAX_SM_PERCENT and since_us < ts <= now_us]
+            if (listed is None or pid in listed) and 0 <= sm <= MAX_SM_PERCENT and since_us < ts <= now_us]
 
 
 def time_weighted(samples: Iterable[Sample]) -> dict[int, Activity]:
@@ -494,12 +567,12 @@ def _merge(unit: Device, entries: list[Any], activity: Optional[Mapping[int, Act
     for pid in sorted(memory):
         sm: Optional[float] = None
         active: Optional[bool] = None
+        seen = activity.get(pid) if activity is not None else None
         if activity is not None:
-            seen = activity.get(pid)
             sm, active = (seen.sm_percent, seen.active) if seen else (0.0, False)
-        merged.append(
-            GpuProcess(pid=pid, device=unit, used_memory=memory[pid], sm_utilization=sm, active=active)
-        )
+        merged.append(GpuProcess(pid=pid, device=unit, used_memory=memory[pid], sm_utilization=sm, active=active,
+                                 sm_busy_seconds=seen.busy_seconds if seen else None,
+                                 window_start=seen.window_start if seen else None))
     return merged
 
 
@@ -509,10 +582,17 @@ class Session:
     library mismatch, any failed GPU), the session shuts NVML down so that the next read initialises it afresh
     instead of reporting from a stale handle forever."""
 
-    def __init__(self, keep_gpm_samples: bool = False) -> None:
+    def __init__(self, long_running: bool = False) -> None:
         self._initialised = False
-        self._gpm = _Gpm(keep=keep_gpm_samples)
+        self._gpm = _Gpm(keep=long_running)
         self._gpm_support: dict[str, bool] = {}
+        self._long_running = long_running
+        self.integrator: Optional[Integrator] = None
+
+    def tick(self) -> None:
+        """Samples per-process utilisation between writes (long-running mode)."""
+        if self.integrator is not None and self._initialised:
+            self.integrator.tick()
 
     def read(self, devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int) -> NvmlSnapshot:
         """Reads every (selected) GPU once. Raises NvmlUnavailable when NVML itself cannot be used."""
@@ -535,6 +615,7 @@ class Session:
             raise NvmlUnavailable(f"NVML init failed: {err}") from None
         self._initialised = True
         self._gpm_support.clear()
+        self.integrator = Integrator() if self._long_running else None
 
     def _read(self, devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int) -> NvmlSnapshot:
         try:
@@ -542,11 +623,14 @@ class Session:
             count = int(pynvml.nvmlDeviceGetCount())
         except pynvml.NVMLError as err:
             raise NvmlUnavailable(f"NVML cannot list GPUs: {err}") from None
-        reader = _Reader(_Options(devices=devices, last_seen_us=last_seen_us, now_us=now_us), self._gpm_support)
+        reader = _Reader(_Options(devices=devices, last_seen_us=last_seen_us, now_us=now_us), self._gpm_support,
+                         self.integrator)
         for index in range(count):
             if devices is None or index in devices:
                 reader.read_gpu(index)
         listed_at = time.time()  # every process list has been read by now
+        if self.integrator is not None:
+            self.integrator.new_window(now_us / 1_000_000)
         missing = sorted(set(devices or ()) - set(range(count)))
         if missing:
             log.warning("--devices names GPUs this host does not have: %s", ",".join(map(str, missing)))
@@ -563,6 +647,7 @@ class Session:
 
     def close(self) -> None:
         self._gpm.release()
+        self.integrator = None
         if self._initialised:
             self._initialised = False
             try:

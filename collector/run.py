@@ -37,7 +37,10 @@ class Outcome:
     state: State  # what to save once the file is written
 
 
-def collect(settings: Settings, previous: State, clock: Callable[[], float] = time.time) -> Outcome:
+def collect(settings: Settings, previous: State, clock: Callable[[], float] = time.time,
+            session: Optional[nvml.Session] = None) -> Outcome:
+    """One collection. A long-running caller passes its NVML session (kept initialised, sampling between
+    collections); a timer run uses a session of its own."""
     started = time.monotonic()
 
     def failed(reason: str, driver_version: str = "") -> Outcome:
@@ -46,16 +49,19 @@ def collect(settings: Settings, previous: State, clock: Callable[[], float] = ti
         return Outcome(text=text, ok=False, state=previous)
 
     try:
-        return _collect(settings, previous, clock(), started, failed)
+        return _collect(settings, previous, clock(), started, failed=failed, session=session)
     except Exception as err:  # a bug or an input nobody foresaw: a failed file and one line, never a traceback
         log.debug("unexpected error", exc_info=True)
         return failed(f"unexpected {type(err).__name__}: {err}")
 
 
-def _collect(settings: Settings, previous: State, now: float, started: float,
-             failed: Callable[..., Outcome]) -> Outcome:
+def _collect(settings: Settings, previous: State, now: float, started: float, *,
+             failed: Callable[..., Outcome], session: Optional[nvml.Session]) -> Outcome:
     try:
-        snapshot = nvml.read_snapshot(settings.devices, previous.last_seen_us, int(now * 1_000_000))
+        if session is None:
+            snapshot = nvml.read_snapshot(settings.devices, previous.last_seen_us, int(now * 1_000_000))
+        else:
+            snapshot = session.read(settings.devices, previous.last_seen_us, int(now * 1_000_000))
     except nvml.NvmlUnavailable as err:
         return failed(str(err))
     if snapshot.failed_gpus and not snapshot.devices:
@@ -74,7 +80,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float,
     for proc in snapshot.processes:
         host = hosts.get(proc.pid)
         if host is not None:
-            attributed.append((proc, host, *attributor.attribute(host, proc.device)))
+            attributed.append((_over_its_lifetime(proc, host, now), host, *attributor.attribute(host, proc.device)))
     attributed = _with_instance_activity(attributed, snapshot.activity)
     last_active: dict[str, float] = {}
     records = [ProcessRecord(gpu=proc, host=host, owner=owner, unallocated=unallocated,
@@ -133,6 +139,16 @@ def _describe(snapshot: NvmlSnapshot, with_cmdline: bool) -> tuple[dict[int, Hos
 
 
 Attributed = tuple[GpuProcess, HostProcess, Owner, Optional[bool]]
+
+
+def _over_its_lifetime(proc: GpuProcess, host: HostProcess, now: float) -> GpuProcess:
+    """The long-running mode's SM-busy seconds as a percentage of the part of the interval the process existed:
+    a process that started mid-interval is averaged over its own time, not the whole interval's."""
+    if proc.sm_busy_seconds is None or proc.window_start is None:
+        return proc
+    existed = now - max(proc.window_start, host.start_time)
+    percent = 100.0 * proc.sm_busy_seconds / existed if existed > 0 else 0.0
+    return replace(proc, sm_utilization=min(100.0, percent))
 
 
 def _with_instance_activity(attributed: list[Attributed], activity: Mapping[str, DeviceActivity]) -> list[Attributed]:

@@ -37,7 +37,8 @@ class Settings:
     # Per-process series per node (8 GPUs x 7 MIG instances with dozens of processes each); beyond it, aggregated.
     max_process_series: int = 2000
     deadline: float = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
-    interval: Optional[float] = None  # None: one collection, then exit
+    interval: Optional[float] = None  # None: one collection, then exit; else the long-running mode's write period
+    sample_interval: float = 5.0  # long-running mode: seconds between per-process utilisation samples
     log_level: str = "info"
 
     @property
@@ -64,6 +65,7 @@ CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
     "max_process_series": int,
     "deadline": _NUMBER,
     "interval": _NUMBER,
+    "sample_interval": _NUMBER,
     "log_level": str,
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -134,5 +136,6 @@ def build(values: Mapping[str, Any]) -> Settings:
         max_process_series=max_series,
         deadline=_positive(v.get("deadline", DEFAULTS.deadline), "--deadline"),
         interval=_positive(v["interval"], "--interval") if "interval" in v else None,
+        sample_interval=_positive(v.get("sample_interval", DEFAULTS.sample_interval), "--sample-interval"),
         log_level=log_level,
     )

@@ -510,10 +510,10 @@ def test_the_watchdog_never_overwrites_a_file_the_run_published(tmp_path: Path) 
     """The deadline can pass between the run's write and the watchdog's cancel: the watchdog must then do
     nothing (before, it wrote gpu_proc_collector_up 0 over the good file and exited 4)."""
     code = f"""
-from collector import cli, state
+from collector import runner, state
 from collector.settings import Settings
 settings = Settings(textfile_dir={str(tmp_path)!r}, state_dir={str(tmp_path / "state")!r})
-watchdog = cli.Watchdog(3600, settings, state.State())
+watchdog = runner.Watchdog(3600, settings, state.State())
 print(watchdog.publish(b"# the run's own file\\n"))
 watchdog._expired()  # what the timer thread does when it fires right after the publish
 print("still running")
