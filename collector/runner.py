@@ -163,17 +163,28 @@ def notify(message: str) -> None:
 
 class _Signals:
     """SIGTERM/SIGINT stop the service (a collection still running after STOP_GRACE_S is abandoned: the last
-    good file stays, the process exits 0); SIGHUP asks for the configuration to be read again."""
+    good file stays, the process exits 0); SIGHUP asks for the configuration to be read again.
+
+    The signals are blocked in every thread and taken by one thread of their own (sigwait): a Python signal
+    handler would only run in the main thread between bytecodes, never while it is stuck in a hung NVML call."""
+
+    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.collecting = threading.Event()
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        threading.Thread(target=self._wait, name="signals", daemon=True).start()
 
-    def _stop(self, *_: object) -> None:
+    def _wait(self) -> None:
+        while True:
+            if signal.sigwait(self.SIGNALS) == signal.SIGHUP:
+                self.reload.set()
+            else:
+                self._stop()
+
+    def _stop(self) -> None:
         self.stop.set()
         if self.collecting.is_set():
             timer = threading.Timer(STOP_GRACE_S, self._abandon)

@@ -260,7 +260,8 @@ versions = set()
 while True:
     try:
         with open(path) as f:
-            versions.add(os.fstat(f.fileno()).st_ino)
+            st = os.fstat(f.fileno())
+            versions.add((st.st_ino, st.st_mtime_ns))  # inode numbers alone can be reused
             text = f.read()
         families = {{fam.name for fam in text_string_to_metric_families(text)}}
         if "gpu_proc_collector_up" not in families or "gpu_process_info" not in families or not text.endswith("\\n"):
