@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from collector import __version__
-from collector.exposition import Family, render
+from collector.accounting import Ledger
+from collector.exposition import COUNTER, Family, render
 from collector.model import METADATA_MISS_REASONS, AttributionFacts, Device, DeviceActivity, FailedGpu, ProcessRecord
 from collector.redact import args_label
 from collector.settings import DEFAULTS
@@ -40,6 +41,8 @@ class Report:
     max_process_series: int = DEFAULTS.max_process_series
     attribution: Optional[AttributionFacts] = None
     activity: Mapping[str, DeviceActivity] = field(default_factory=dict)  # GPM, by device label
+    energy_mj: Mapping[str, int] = field(default_factory=dict)  # since the driver loaded, by GPU UUID
+    ledger: Optional[Ledger] = None  # accounting counters
 
 
 def status(record: ProcessRecord) -> str:
@@ -151,6 +154,32 @@ class _ReportFamilies:
             "dram_bw_util": gauge("gpu_device_dram_bandwidth_utilization_percent",
                                   f"DRAM bandwidth used as percent {in_percent} maximum (NVML GPM).", ids),
         }
+        self.energy = self._declare(Family(
+            "gpu_device_energy_joules_total", "Energy the GPU used since the driver loaded (NVML; Volta and newer).",
+            ids, COUNTER))
+        self.sm_seconds = self._declare(Family(
+            "gpu_process_sm_seconds_total",
+            "SM-busy seconds of the process, in whole-GPU seconds, since the collector first saw it.",
+            ["gpu", "gpu_uuid", "pid", "command", *k8s], COUNTER))
+        usage = ["owner_kind", "owner", *k8s[:2]]
+        self.usage = {
+            "gpu_seconds": self._declare(Family(
+                "gpu_owner_gpu_seconds_total", "Seconds a GPU or MIG instance was held by at least one of the "
+                "owner's processes, weighted by the instance's share of its GPU.", usage, COUNTER)),
+            "sm_seconds": self._declare(Family(
+                "gpu_owner_sm_seconds_total", "SM-busy seconds of the owner's processes, in whole-GPU seconds.",
+                usage, COUNTER)),
+            "memory_byte_seconds": self._declare(Family(
+                "gpu_owner_memory_byte_seconds_total", "GPU memory the owner's processes held, times how long.",
+                usage, COUNTER)),
+            "energy_joules": self._declare(Family(
+                "gpu_owner_energy_joules_total", "GPU energy split between owners by their share of each GPU's "
+                "SM activity; owner_kind=\"unattributed\" is what no owner accounts for.", usage, COUNTER)),
+        }
+        self.gap = self._declare(Family(
+            "gpu_proc_collector_accounting_gap_seconds_total",
+            "Seconds between runs that accounting did not fill (gaps over three intervals, clock steps).",
+            (), COUNTER))
         owner_labels = ["gpu", "gpu_uuid", "owner_kind", "owner", *k8s[:2]]
         self.aggregated_memory = gauge(
             "gpu_process_aggregated_memory_bytes",
@@ -177,9 +206,24 @@ class _ReportFamilies:
             "Container lookups this run that found no usable runtime metadata file, by reason.", ["reason"])
 
     def _gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Family:
-        family = Family(name, help_text, labels)
+        return self._declare(Family(name, help_text, labels))
+
+    def _declare(self, family: Family) -> Family:
         self.declared.append(family)
         return family
+
+    def add_accounting(self, report: Report) -> None:
+        gpus = {d.gpu_uuid: str(d.index) for d in report.devices}
+        for uuid, millijoules in sorted(report.energy_mj.items()):
+            if uuid in gpus:
+                self.energy.add((gpus[uuid], uuid), millijoules / 1000.0)
+        if report.ledger is None:
+            return
+        for key, usage in sorted(report.ledger.owners.items()):
+            labels = [label_value(v) for v in key]
+            for name, family in self.usage.items():
+                family.add(labels, round(getattr(usage, name), 6))
+        self.gap.add((), round(report.ledger.gap_seconds, 6))
 
     def add_aggregate(self, records: Sequence[ProcessRecord]) -> None:
         memory: dict[tuple[str, ...], float] = {}
@@ -211,6 +255,8 @@ class _ReportFamilies:
                                float(proc.used_memory))
         if record.idle_seconds is not None:
             self.idle.add([gpu, device.uuid, pid, command, *k8s], round(record.idle_seconds, 3))
+        if record.sm_seconds_total is not None:
+            self.sm_seconds.add([gpu, device.uuid, pid, command, *k8s], round(record.sm_seconds_total, 6))
         if record.unallocated is not None:
             self.unallocated.add([gpu, device.uuid, pid, *k8s], 1.0 if record.unallocated else 0.0)
 
@@ -285,4 +331,5 @@ def _report_families(report: Report) -> list[Family]:
         if label in by_label:
             f.add_activity(by_label[label], activity)
     f.add_run_facts(report)
+    f.add_accounting(report)
     return [*_self_families(True, report.timestamp, report.duration, report.driver_version), *f.declared]

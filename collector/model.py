@@ -30,6 +30,9 @@ class MigInfo:
     compute_instance_id: int
     profile: str
     parent_uuid: str
+    # The instance's share of its GPU's compute: its compute slices ("3g" of "3g.40gb", "1c" of "1c.3g.40gb")
+    # over the GPU's (nvmlDeviceGetMaxMigDeviceCount: 7 on A100/H100/H200, 4 on A30). 0 when unknown.
+    share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,11 @@ class ProcessRecord:
     # True: on a device kubelet did not allocate to it; None: not known (no pod-resources answer, not a pod's
     # process on an unallocated device)
     unallocated: Optional[bool] = None
+    sm_seconds_total: Optional[float] = None  # SM-busy seconds since the collector first saw the process
+
+    @property
+    def key(self) -> str:
+        return process_key(self.gpu.device.uuid, self.gpu.pid, self.host.start_time)
 
 
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
@@ -155,3 +163,8 @@ class AttributionFacts:
 
     pod_resources_up: Optional[bool]  # kubelet's List answered; None when it was not needed (no process to check)
     metadata_misses: Mapping[str, int]  # container lookups with no usable runtime file, by reason
+
+
+def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
+    """Names a process on a device across runs: the PID with its start time, so a reused PID is a new process."""
+    return f"{gpu_uuid}/{pid}/{start_time:.2f}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ class _Reader:
         """One unit per compute instance. The compute instances of one GPU instance share its memory, and each
         reports all of it (docs/nvml-driver.md): the first one read carries the pool, the others point to it."""
         pools: dict[int, str] = {}
-        for slot in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+        slots = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))
+        for slot in range(slots):
             try:
                 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
             except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
@@ -225,7 +227,8 @@ class _Reader:
                     name=parent_name,
                     memory_total=total,
                     memory_used=used,
-                    mig=MigInfo(gpu_instance_id=gi, compute_instance_id=ci, profile=profile, parent_uuid=parent_uuid),
+                    mig=MigInfo(gpu_instance_id=gi, compute_instance_id=ci, profile=profile, parent_uuid=parent_uuid,
+                                share=mig_share(profile, slots)),
                     memory_pool=pools.setdefault(gi, label),
                 ),
                 mig,
@@ -393,6 +396,18 @@ def time_weighted(samples: Iterable[Sample]) -> dict[int, Activity]:
         total[1] += covers[ts]
         total[2] = max(total[2], sm)
     return {pid: Activity(sm_percent=w / t, active=peak > 0) for pid, (w, t, peak) in weighted.items()}
+
+
+_SLICES = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.")
+
+
+def mig_share(profile: str, gpu_slices: int) -> float:
+    """The fraction of its GPU's compute a MIG profile holds: "2g.20gb" of 7 slices is 2/7, a compute instance
+    "1c.3g.40gb" is 1/7. 0.0 when the profile does not say."""
+    found = _SLICES.match(profile)
+    if not found or gpu_slices <= 0:
+        return 0.0
+    return min(1.0, int(found.group(1) or found.group(2)) / gpu_slices)
 
 
 def _entries_by_instance(per_handle: Sequence[tuple[Device, list[Any]]]) -> list[tuple[Device, list[Any]]]:

@@ -13,12 +13,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from collector import nvml, procfs
+from collector import accounting, nvml, procfs
 from collector.attribution import AttributionSettings, Attributor
 from collector.metrics import Report, render_failure, render_report
-from collector.model import DeviceActivity, GpuProcess, HostProcess, NvmlSnapshot, Owner, ProcessRecord
+from collector.model import DeviceActivity, GpuProcess, HostProcess, NvmlSnapshot, Owner, ProcessRecord, process_key
 from collector.settings import Settings
-from collector.state import State, process_key
+from collector.state import State
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
                              idle_seconds=_idle_seconds(proc, host, now, previous.last_active, last_active))
                for proc, host, owner, unallocated in attributed]
 
+    ledger = accounting.account(
+        previous.ledger, records, [r.key for r in records], snapshot.activity, snapshot.energy_mj,
+        last_success=previous.last_success, now=now,
+        nominal_interval=settings.interval or settings.nominal_interval)
+    records = [replace(r, sm_seconds_total=ledger.processes[r.key]) for r in records]
     # GPUs not read this run (failed, filtered out) keep their timestamps for when they come back.
     last_seen = {**previous.last_seen_us, **snapshot.last_seen_us}
     report = Report(
@@ -102,11 +107,13 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         max_process_series=settings.max_process_series,
         attribution=attributor.facts(),
         activity=snapshot.activity,
+        energy_mj=snapshot.energy_mj,
+        ledger=ledger,
     )
     return Outcome(
         text=render_report(report),
         ok=True,
-        state=State(last_success=now, last_seen_us=last_seen, last_active=last_active),
+        state=State(last_success=now, last_seen_us=last_seen, last_active=last_active, ledger=ledger),
     )
 
 

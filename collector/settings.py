@@ -39,6 +39,9 @@ class Settings:
     deadline: float = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
     interval: Optional[float] = None  # None: one collection, then exit; else the long-running mode's write period
     sample_interval: float = 5.0  # long-running mode: seconds between per-process utilisation samples
+    # Seconds between a timer's runs (the role writes its schedule's period): a gap of more than three is not
+    # filled by accounting. The long-running mode uses its interval.
+    nominal_interval: float = 60.0
     log_level: str = "info"
 
     @property
@@ -66,6 +69,7 @@ CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
     "deadline": _NUMBER,
     "interval": _NUMBER,
     "sample_interval": _NUMBER,
+    "nominal_interval": _NUMBER,
     "log_level": str,
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -137,5 +141,6 @@ def build(values: Mapping[str, Any]) -> Settings:
         deadline=_positive(v.get("deadline", DEFAULTS.deadline), "--deadline"),
         interval=_positive(v["interval"], "--interval") if "interval" in v else None,
         sample_interval=_positive(v.get("sample_interval", DEFAULTS.sample_interval), "--sample-interval"),
+        nominal_interval=_positive(v.get("nominal_interval", DEFAULTS.nominal_interval), "nominal_interval"),
         log_level=log_level,
     )

@@ -2,7 +2,8 @@
 
 - the newest utilisation sample timestamp per GPU UUID, so each run reads only the samples of its own interval;
 - per process (GPU UUID, PID and start time, so a reused PID is a new process) when it was last seen active;
-- when the last successful collection ended, which a failed run carries over into its file.
+- when the last successful collection ended, which a failed run carries over into its file;
+- the accounting counters per owner and process, and each GPU's last energy reading (collector.accounting).
 
 A missing, corrupt or newer-format file is logged and replaced: it costs one interval of history, never a run.
 """
@@ -15,11 +16,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from collector import accounting
+from collector.accounting import Ledger
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added the accounting ledger; a version 1 file is read, its counters start from 0
 STATE_FILE = "state.json"
 
 
@@ -28,10 +31,7 @@ class State:
     last_success: Optional[float] = None
     last_seen_us: dict[str, int] = field(default_factory=dict)
     last_active: dict[str, float] = field(default_factory=dict)
-
-
-def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
-    return f"{gpu_uuid}/{pid}/{start_time:.2f}"
+    ledger: Ledger = field(default_factory=Ledger)  # accounting counters (collector.accounting)
 
 
 def _number(value: Any) -> Optional[float]:
@@ -51,10 +51,12 @@ def load(state_dir: str) -> State:
     if not isinstance(raw, dict):
         log.warning("state file %s is not a JSON object, starting afresh", path)
         return State()
-    if raw.get("version") != STATE_VERSION:
+    if raw.get("version") not in (1, STATE_VERSION):
         log.warning("state file %s has version %r, this collector writes %d; starting afresh",
                     path, raw.get("version"), STATE_VERSION)
         return State(last_success=_number(raw.get("last_success")))
+    if raw.get("version") == 1:
+        log.warning("state file %s is from an older version: the accounting counters start from 0", path)
     seen = raw.get("last_seen_us")
     active = raw.get("last_active")
     return State(
@@ -63,6 +65,7 @@ def load(state_dir: str) -> State:
                       if isinstance(v, int) and not isinstance(v, bool)},
         last_active={str(k): float(v) for k, v in (active.items() if isinstance(active, dict) else ())
                      if _number(v) is not None},
+        ledger=accounting.from_json(raw.get("accounting")),
     )
 
 
@@ -73,6 +76,7 @@ def save(state_dir: str, state: State) -> None:
         "last_success": state.last_success,
         "last_seen_us": state.last_seen_us,
         "last_active": state.last_active,
+        "accounting": accounting.to_json(state.ledger),
     }
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)

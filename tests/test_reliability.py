@@ -25,6 +25,7 @@ from collector.podresources import allocations, parse_device_id
 from collector.procfs import printable
 from collector.redact import REDACTED, args_label, redact_args
 from collector.runtimes import RuntimeMetadata
+from collector.state import STATE_VERSION
 from tests.conftest import REPO, Host, Result, promtool_check, require_root, samples
 from tests.podsim import PodHost
 from tests.simhost import BTIME, CLOCK_TICKS, GIB, Gpu, HostTree, gpu_uuid, mig_instance, proc, scenario, write_scenario
@@ -155,7 +156,7 @@ def test_corrupt_or_newer_state_file(host: Host, content: str) -> None:
     assert result.returncode == 0, result.stderr
     assert result.value("gpu_process_utilization", pid="3500") == 60
     assert "starting afresh" in result.stderr
-    assert json.loads((host.state_dir / "state.json").read_text())["version"] == 1
+    assert json.loads((host.state_dir / "state.json").read_text())["version"] == STATE_VERSION
 
 
 def test_clock_stepped_backwards_between_runs(host: Host) -> None:

@@ -1,0 +1,212 @@
+"""Usage and energy accounting per owner, for chargeback: counters that PromQL can increase() over any window.
+
+Each successful collection adds the interval since the previous successful one (docs/accounting.md):
+- GPU seconds: the time a GPU or MIG instance was held by at least one of the owner's processes, weighted by the
+  instance's share of its GPU's compute (a 3g MIG instance of a 7-slice GPU counts 3/7);
+- SM seconds: SM-busy time in whole-GPU seconds: a process's measured SM % over the time it existed (integrated
+  by the long-running mode, the NVML samples' value over the interval in a timer run); on MIG, the instance's GPM
+  SM utilisation times its share, split evenly between the processes on it;
+- memory byte-seconds: memory held times the time held;
+- energy: each GPU's energy in the interval (nvmlDeviceGetTotalEnergyConsumption's increase) split between owners
+  by their SM seconds on it as a fraction of the interval; what no owner accounts for (idle power, activity NVML
+  did not attribute) goes to owner_kind="unattributed", so the split always adds up to the GPU's energy.
+
+The counters live in the state file, so they survive restarts and are right in timer mode. They never go
+backwards but on a state reset (they restart from 0, which Prometheus treats as a counter reset). A failed run
+adds nothing (its state is not saved). An interval longer than MAX_GAP_INTERVALS nominal intervals, or a clock
+that stepped back, is not filled with guesses: its length goes to the gap counter. Owners not seen for
+RETENTION_S are dropped (their last value has been exported for that long).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from collector.model import DeviceActivity, ProcessRecord
+
+log = logging.getLogger(__name__)
+
+UNATTRIBUTED = "unattributed"  # the owner_kind of what no owner accounts for
+MAX_GAP_INTERVALS = 3
+RETENTION_S = 3600.0
+
+OwnerKey = tuple[str, str, str, str]  # owner_kind, owner, namespace, pod
+UNATTRIBUTED_KEY: OwnerKey = (UNATTRIBUTED, "", "", "")
+
+
+@dataclass
+class OwnerUsage:
+    gpu_seconds: float = 0.0
+    sm_seconds: float = 0.0
+    memory_byte_seconds: float = 0.0
+    energy_joules: float = 0.0
+    last_seen: float = 0.0
+
+
+@dataclass
+class Ledger:
+    owners: dict[OwnerKey, OwnerUsage] = field(default_factory=dict)
+    processes: dict[str, float] = field(default_factory=dict)  # process key -> SM seconds (per-process counter)
+    energy_mj: dict[str, int] = field(default_factory=dict)  # the last energy reading per GPU UUID
+    gap_seconds: float = 0.0
+
+
+def owner_key(record: ProcessRecord) -> OwnerKey:
+    o = record.owner
+    return (o.kind, o.name, o.namespace, o.pod)
+
+
+def account(previous: Ledger, records: Sequence[ProcessRecord], process_keys: Sequence[str],
+            activity: Mapping[str, DeviceActivity], energy_mj: Mapping[str, int], *, last_success: Optional[float],
+            now: float, nominal_interval: float) -> Ledger:
+    """The ledger after this run. process_keys[i] names records[i] across runs (state.process_key)."""
+    ledger = Ledger(owners={k: OwnerUsage(**vars(v)) for k, v in previous.owners.items()},
+                    energy_mj=dict(energy_mj), gap_seconds=previous.gap_seconds)
+    span = _accountable_span(ledger, last_success, now, nominal_interval)
+    sm = _sm_seconds(records, activity, span, now) if span else [0.0] * len(records)
+    for name, seconds in zip(process_keys, sm):
+        ledger.processes[name] = previous.processes.get(name, 0.0) + seconds
+    if span:
+        _add_usage(ledger, records, sm, span, now)
+        _add_energy(ledger, previous.energy_mj, energy_mj, records=records, sm=sm, span=span, now=now)
+    for key in {owner_key(r) for r in records}:
+        ledger.owners.setdefault(key, OwnerUsage()).last_seen = now
+    stale = [k for k, v in ledger.owners.items() if v.last_seen < now - RETENTION_S and k != UNATTRIBUTED_KEY]
+    for k in stale:
+        del ledger.owners[k]
+    return ledger
+
+
+def _accountable_span(ledger: Ledger, last_success: Optional[float], now: float, nominal: float) -> float:
+    """Seconds this run accounts for: 0 on a first run (nothing to measure from), after a clock step back, or for
+    a gap too long to fill (counted in the gap counter instead)."""
+    if last_success is None:
+        return 0.0
+    span = now - last_success
+    if span <= 0:
+        log.warning("the clock stepped back %.0f s since the last run: this interval is not accounted", -span)
+        return 0.0
+    if span > MAX_GAP_INTERVALS * nominal:
+        log.warning("%.0f s since the last successful run (more than %d intervals): not accounted, counted as a gap",
+                    span, MAX_GAP_INTERVALS)
+        ledger.gap_seconds += span
+        return 0.0
+    return span
+
+
+def _held(record: ProcessRecord, span: float, now: float) -> float:
+    """The part of the interval the process existed (it is listed now, and started when /proc says)."""
+    return max(0.0, min(span, now - record.host.start_time))
+
+
+def _share(record: ProcessRecord) -> float:
+    mig = record.gpu.device.mig
+    return 1.0 if mig is None else mig.share
+
+
+def _sm_seconds(records: Sequence[ProcessRecord], activity: Mapping[str, DeviceActivity], span: float,
+                now: float) -> list[float]:
+    """SM-busy seconds of each process in whole-GPU seconds."""
+    per_instance: dict[str, int] = {}
+    for r in records:
+        if r.gpu.device.mig is not None:
+            pool = r.gpu.device.memory_pool or r.gpu.device.label
+            per_instance[pool] = per_instance.get(pool, 0) + 1
+    out = []
+    for r in records:
+        device = r.gpu.device
+        if device.mig is None:
+            if r.gpu.sm_busy_seconds is not None:  # the long-running mode's integral
+                out.append(min(r.gpu.sm_busy_seconds, _held(r, span, now)))
+            else:
+                out.append((r.gpu.sm_utilization or 0.0) / 100.0 * _held(r, span, now))
+            continue
+        pool = device.memory_pool or device.label
+        sm = activity[pool].sm_util if pool in activity else None
+        out.append(0.0 if sm is None else sm / 100.0 * _held(r, span, now) * device.mig.share / per_instance[pool])
+    return out
+
+
+def _add_usage(ledger: Ledger, records: Sequence[ProcessRecord], sm: Sequence[float], span: float,
+               now: float) -> None:
+    held: dict[tuple[OwnerKey, str], float] = {}  # one owner's processes on one device hold it once
+    for record, seconds in zip(records, sm):
+        key = owner_key(record)
+        usage = ledger.owners.setdefault(key, OwnerUsage())
+        time_held = _held(record, span, now)
+        usage.sm_seconds += seconds
+        usage.memory_byte_seconds += float(record.gpu.used_memory or 0) * time_held
+        device = (key, record.gpu.device.label)
+        held[device] = max(held.get(device, 0.0), time_held * _share(record))
+    for (key, _), seconds in held.items():
+        ledger.owners[key].gpu_seconds += seconds
+
+
+def _add_energy(ledger: Ledger, before: Mapping[str, int], now_mj: Mapping[str, int], *,
+                records: Sequence[ProcessRecord], sm: Sequence[float], span: float, now: float) -> None:
+    for gpu, reading in now_mj.items():
+        if gpu not in before:
+            continue
+        joules = (reading - before[gpu]) / 1000.0
+        if joules < 0:
+            log.warning("GPU %s: energy counter went back (driver reloaded?); counting only the energy since", gpu)
+            joules = reading / 1000.0
+        weights: dict[OwnerKey, float] = {}
+        for record, seconds in zip(records, sm):
+            if record.gpu.device.gpu_uuid == gpu and seconds > 0:
+                weights[owner_key(record)] = weights.get(owner_key(record), 0.0) + seconds / span
+        total = sum(weights.values())
+        scale = 1.0 / total if total > 1.0 else 1.0  # shares can overlap (MPS, time-slicing): never above all
+        attributed = 0.0
+        for key, weight in weights.items():
+            part = joules * weight * scale
+            ledger.owners[key].energy_joules += part
+            attributed += part
+        ledger.owners.setdefault(UNATTRIBUTED_KEY, OwnerUsage(last_seen=now)).energy_joules += joules - attributed
+        ledger.owners[UNATTRIBUTED_KEY].last_seen = now
+
+
+# ---- the ledger in the state file ----
+
+_USAGE_FIELDS = ("gpu_seconds", "sm_seconds", "memory_byte_seconds", "energy_joules", "last_seen")
+
+
+def to_json(ledger: Ledger) -> dict[str, Any]:
+    return {
+        "owners": [[*key, *(getattr(usage, f) for f in _USAGE_FIELDS)] for key, usage in ledger.owners.items()],
+        "processes": ledger.processes,
+        "energy_mj": ledger.energy_mj,
+        "gap_seconds": ledger.gap_seconds,
+    }
+
+
+def _number(value: Any) -> bool:
+    """A finite, non-negative JSON number (NaN fails every comparison)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+def from_json(raw: Any) -> Ledger:
+    """The ledger a state file holds; anything malformed in it is left out (a counter restarting from 0 is a
+    counter reset, never a wrong increase)."""
+    if not isinstance(raw, dict):
+        return Ledger()
+    owners: dict[OwnerKey, OwnerUsage] = {}
+    rows = raw.get("owners")
+    for row in rows if isinstance(rows, list) else ():
+        if (isinstance(row, list) and len(row) == 4 + len(_USAGE_FIELDS) and all(isinstance(x, str) for x in row[:4])
+                and all(_number(x) for x in row[4:])):
+            owners[(row[0], row[1], row[2], row[3])] = OwnerUsage(*(float(x) for x in row[4:]))
+    processes = raw.get("processes")
+    energy = raw.get("energy_mj")
+    gap = raw.get("gap_seconds")
+    return Ledger(
+        owners=owners,
+        processes={str(k): float(v) for k, v in (processes.items() if isinstance(processes, dict) else ())
+                   if _number(v)},
+        energy_mj={str(k): int(v) for k, v in (energy.items() if isinstance(energy, dict) else ())
+                   if isinstance(v, int) and not isinstance(v, bool) and v >= 0},
+        gap_seconds=float(gap) if isinstance(gap, (int, float)) and _number(gap) else 0.0,
+    )
