@@ -195,7 +195,8 @@ static struct {
 
 /* Every NVML call reads S under the read lock; nvmlInit, nvmlShutdown and the live reload change it under the
  * write lock. pynvml's ctypes calls release the GIL, so a threaded caller can be in here from several threads. */
-static pthread_rwlock_t lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP; /* a reload waits for no new reader */
+/* Writer-preferring: a reload waiting for the lock is not overtaken by new calls. */
+static pthread_rwlock_t lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
 static unsigned int init_count; /* nvml.h: "A reference count of the number of initializations is maintained" */
 
 static int error_code(const char *text) {
