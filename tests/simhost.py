@@ -8,6 +8,8 @@ proc(5) as the kernel writes them: `stat` with 52 fields and `starttime` in fiel
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,3 +209,27 @@ def write_podman_store(tree: HostTree, containers: dict[str, str], *, root: str 
                                                         "org.opencontainers.image.stopSignal": "15"}}
         tree.write(f"{root}/{driver}-containers/{cid}/userdata/config.json", json.dumps(spec))
     return tree.write(f"{root}/{driver}-containers/{listing}", json.dumps(entries))
+
+
+def update_scenario(path: Path, document: dict[str, Any]) -> Path:
+    """Rewrites the scenario under a caller that has NVML initialised (the stand-in reloads a changed file live,
+    tests/fake_nvml/README.md): atomically, so no call reads half a file, and with an mtime at least 1 ns past the
+    last one, so two rewrites within one tick of the filesystem's clock still differ."""
+    previous = path.stat().st_mtime_ns if path.exists() else 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    mtime = max(time.time_ns(), previous + 1)
+    os.utime(tmp, ns=(mtime, mtime))
+    os.replace(tmp, path)
+    return path
+
+
+def set_fault(path: Path, error: Optional[str], device: Optional[int] = None) -> None:
+    """The stand-in's $FAKE_NVML_FAULT_FILE: every NVML call (or, with device, every call on that GPU and its MIG
+    devices) fails with error, e.g. "NVML_ERROR_GPU_IS_LOST"; None removes the fault."""
+    if error is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(error if device is None else f"{error} {device}\n")
+    os.replace(tmp, path)

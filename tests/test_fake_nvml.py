@@ -9,8 +9,9 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -23,6 +24,8 @@ from tests.simhost import (
     mig_uuid,
     proc,
     scenario,
+    set_fault,
+    update_scenario,
     write_scenario,
 )
 
@@ -504,3 +507,266 @@ def test_energy_is_not_supported_on_mig_devices_or_without_a_reading(tmp_path: P
              code(nvmlDeviceGetTotalEnergyConsumption, h1)])
     """)
     assert got == [0, 3, 3]
+
+
+# ---- a long-running caller: live scenario, faults (README.md, "Under a running caller") ----
+
+SERVE = PRELUDE + """
+import sys
+def handle_value(h):
+    return ctypes.cast(h, ctypes.c_void_p).value
+for line in sys.stdin:
+    try:
+        exec(json.loads(line), globals())
+    except Exception as e:
+        print(json.dumps({"exception": repr(e)}))
+    sys.stdout.flush()
+"""
+
+
+class LongRunning:
+    """The real pynvml in one process that lives across scenario rewrites: each call runs a body in it."""
+
+    def __init__(self, lib: Path, path: Path, tmp_path: Path, fault: Optional[Path] = None) -> None:
+        env = {**os.environ, "LD_LIBRARY_PATH": str(lib), "FAKE_NVML_SCENARIO": str(path)}
+        if fault is not None:
+            env["FAKE_NVML_FAULT_FILE"] = str(fault)
+        self.stderr_path = tmp_path / "stderr"
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env=env)
+
+    def __call__(self, body: str) -> Any:
+        assert self.proc.stdin
+        assert self.proc.stdout
+        self.proc.stdin.write(json.dumps(textwrap.dedent(body)).encode() + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, self.stderr_path.read_text()
+        got = json.loads(line)
+        assert not (isinstance(got, dict) and "exception" in got), got
+        return got
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def close(self) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self._stderr.close()
+
+
+@pytest.fixture
+def long_running(tmp_path: Path, fake_nvml: Path) -> Iterator[Callable[..., LongRunning]]:
+    started: list[LongRunning] = []
+
+    def start(path: Path, fault: Optional[Path] = None) -> LongRunning:
+        started.append(LongRunning(fake_nvml, path, tmp_path, fault))
+        return started[-1]
+
+    yield start
+    for caller in started:
+        caller.close()
+
+
+LISTS = """
+def lists(h):
+    return [[p.pid for p in nvmlDeviceGetComputeRunningProcesses(h)],
+            [p.pid for p in nvmlDeviceGetGraphicsRunningProcesses(h)],
+            [p.pid for p in nvmlDeviceGetMPSComputeRunningProcesses(h)]]
+out(0)
+"""
+
+
+def live_gpus(gpu0: Gpu, instance_procs: list[dict[str, Any]]) -> dict[str, Any]:
+    return scenario([gpu0, Gpu(1, mig=[mig_instance(1, slot=0, gi=1, ci=0, profile="3g.40gb", total_gib=40,
+                                                    compute=instance_procs)])])
+
+
+def test_a_running_caller_sees_processes_start_and_exit_under_the_handles_it_holds(
+        tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json", live_gpus(Gpu(0, compute=[proc(10)]), [proc(30)]))
+    nvml = long_running(path)
+    nvml(LISTS)
+    first = nvml("""
+        nvmlInit()
+        h0, h1 = nvmlDeviceGetHandleByIndex(0), nvmlDeviceGetHandleByIndex(1)
+        m = nvmlDeviceGetMigDeviceHandleByIndex(h1, 0)
+        out([lists(h0), lists(h1), lists(m), nvmlDeviceGetMemoryInfo(h0).used])
+    """)
+    assert first == [[[10], [], []], [[30], [], []], [[30], [], []], GIB + 512 * 1024**2]
+
+    update_scenario(path, live_gpus(Gpu(0, compute=[proc(10), proc(11, 2 * GIB)], graphics=[proc(11)],
+                                        mps=[proc(12)]), [proc(31)]))
+    second = nvml("""
+        again = [handle_value(nvmlDeviceGetHandleByIndex(i)) == handle_value(h) for i, h in enumerate([h0, h1])]
+        out([lists(h0), lists(h1), lists(m), nvmlDeviceGetMemoryInfo(h0).used, again,
+             nvmlDeviceGetUUID(m) == nvmlDeviceGetUUID(nvmlDeviceGetMigDeviceHandleByIndex(h1, 0))])
+    """)
+    assert second == [[[10, 11], [11], [12]], [[31], [], []], [[31], [], []], 5 * GIB + 512 * 1024**2,
+                      [True, True], True]
+
+    update_scenario(path, live_gpus(Gpu(0), []))
+    assert nvml("out([lists(h0), lists(m), nvmlDeviceGetCount()])") == [[[], [], []], [[], [], []], 2]
+
+
+def test_a_reloaded_sample_with_age_s_is_new_to_a_caller_that_saw_the_old_ones(
+        tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json",
+                           scenario([Gpu(0, compute=[proc(10)], samples=[{"pid": 10, "age_s": 1, "sm": 5}])]))
+    nvml = long_running(path)
+    first = nvml("""
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        seen = max(s.timeStamp for s in nvmlDeviceGetProcessUtilization(h, 0))
+        out([code(nvmlDeviceGetProcessUtilization, h, seen)])
+    """)
+    assert first == [6]  # NOT_FOUND: nothing newer
+    update_scenario(path, scenario([Gpu(0, compute=[proc(10)], samples=[{"pid": 10, "age_s": 0.5, "sm": 9}])]))
+    assert nvml("out([[s.pid, s.smUtil] for s in nvmlDeviceGetProcessUtilization(h, seen)])") == [[10, 9]]
+
+
+def test_a_scenario_that_changes_the_devices_is_refused_until_nvml_restarts(
+        tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json", scenario([Gpu(0, compute=[proc(10)])]))
+    nvml = long_running(path)
+    nvml(LISTS)
+    assert nvml("nvmlInit(); h = nvmlDeviceGetHandleByIndex(0); out(lists(h))") == [[10], [], []]
+    update_scenario(path, scenario([Gpu(0, compute=[proc(11)]), Gpu(1)]))
+    assert nvml("out([nvmlDeviceGetCount(), lists(h), lists(h)])") == [1, [[10], [], []], [[10], [], []]]
+    message = "fake-nvml: scenario changed its devices; restart NVML to see them\n"
+    assert nvml.stderr == message  # once per rewrite, not once per call
+    got = nvml("""
+        nvmlShutdown()
+        nvmlInit()
+        out([nvmlDeviceGetCount(), lists(nvmlDeviceGetHandleByIndex(0)), code(nvmlDeviceGetName, h)])
+    """)
+    assert got == [2, [[11], [], []], 2]  # a handle from before the devices changed is an invalid argument
+
+
+def test_a_mig_layout_change_is_refused_and_a_broken_rewrite_keeps_the_last_scenario(
+        tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json", live_gpus(Gpu(0), [proc(30)]))
+    nvml = long_running(path)
+    nvml(LISTS)
+    nvml("nvmlInit(); m = nvmlDeviceGetMigDeviceHandleByIndex(nvmlDeviceGetHandleByIndex(1), 0); out(0)")
+    moved = live_gpus(Gpu(0), [proc(31)])
+    moved["devices"][1]["mig"]["instances"][0]["gpu_instance_id"] = 2
+    update_scenario(path, moved)
+    assert nvml("out([lists(m), nvmlDeviceGetGpuInstanceId(m)])") == [[[30], [], []], 1]
+    path.write_text('{"devices": [')
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))
+    assert nvml("out(lists(m))") == [[30], [], []]
+    assert "keeping the last one" in nvml.stderr
+    update_scenario(path, live_gpus(Gpu(0), [proc(32)]))
+    assert nvml("out(lists(m))") == [[32], [], []]
+
+
+def test_energy_stays_one_counter_across_live_reloads(tmp_path: Path,
+                                                       long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json", scenario([Gpu(0, energy_mj=1000, energy_mj_per_s=1e6)]))
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(hour_ago, hour_ago))  # the counter is 3600 s of 1e6 mJ/s past energy_mj by now
+    nvml = long_running(path)
+    before = nvml("nvmlInit(); h = nvmlDeviceGetHandleByIndex(0); out(nvmlDeviceGetTotalEnergyConsumption(h))")
+    update_scenario(path, scenario([Gpu(0, energy_mj=1000, energy_mj_per_s=2e6)]))
+    after = nvml("out(nvmlDeviceGetTotalEnergyConsumption(h))")
+    assert before >= 3600 * 10**6
+    assert before <= after < before + 10**6 * 60  # continued from where it was, not restarted at energy_mj
+    epoch = time.time() - 10
+    update_scenario(path, scenario([Gpu(0, energy_mj=5000, energy_mj_per_s=10.0, energy_epoch_s=epoch)]))
+    assert 5000 + 100 <= nvml("out(nvmlDeviceGetTotalEnergyConsumption(h))") < 5000 + 200  # an epoch is re-read
+
+
+def test_a_fault_fails_every_call_and_init_until_it_is_removed(tmp_path: Path,
+                                                              long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json", scenario([Gpu(0, compute=[proc(10)])]))
+    fault = tmp_path / "fault"
+    nvml = long_running(path, fault)
+    nvml(LISTS)
+    assert nvml("nvmlInit(); h = nvmlDeviceGetHandleByIndex(0); out(lists(h))") == [[10], [], []]
+    set_fault(fault, "NVML_ERROR_GPU_IS_LOST")
+    calls = """
+        out([code(nvmlDeviceGetComputeRunningProcesses, h), code(nvmlDeviceGetCount), code(nvmlSystemGetDriverVersion),
+             code(nvmlDeviceGetHandleByIndex, 0), code(nvmlInit), str(NVMLError(15))])
+    """
+    assert nvml(calls) == [15, 15, 15, 15, 15, "GPU is lost"]
+    update_scenario(path, scenario([Gpu(0, compute=[proc(11)])]))
+    assert nvml("out([code(nvmlShutdown), code(nvmlInit), code(nvmlDeviceGetCount)])") == [0, 15, 1]
+    set_fault(fault, "NVML_ERROR_LIB_RM_VERSION_MISMATCH")
+    assert nvml("out(code(nvmlInit))") == 18
+    set_fault(fault, None)
+    assert nvml("nvmlInit(); out(lists(nvmlDeviceGetHandleByIndex(0)))") == [[11], [], []]
+
+
+def test_a_fault_on_one_gpu_fails_its_calls_and_its_mig_devices_only(
+        tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:
+    path = update_scenario(tmp_path / "scenario.json", live_gpus(Gpu(0, compute=[proc(10)]), [proc(30)]))
+    fault = tmp_path / "fault"
+    nvml = long_running(path, fault)
+    nvml(LISTS)
+    nvml("""
+        nvmlInit()
+        h0, h1 = nvmlDeviceGetHandleByIndex(0), nvmlDeviceGetHandleByIndex(1)
+        m = nvmlDeviceGetMigDeviceHandleByIndex(h1, 0)
+        out(0)
+    """)
+    set_fault(fault, "NVML_ERROR_GPU_IS_LOST", device=1)
+    calls = """
+        out([lists(h0), code(nvmlDeviceGetComputeRunningProcesses, h1), code(nvmlDeviceGetMemoryInfo, m),
+             code(nvmlDeviceGetHandleByIndex, 1), code(nvmlDeviceGetHandleByUUID, nvmlDeviceGetUUID(h0)),
+             nvmlDeviceGetCount(), code(nvmlShutdown), code(nvmlInit)])
+    """
+    assert nvml(calls) == [[[10], [], []], 15, 15, 15, 15, 2, 0, 0]
+    set_fault(fault, None)
+    assert nvml("out(lists(m))") == [[30], [], []]
+
+
+def test_threads_calling_while_the_scenario_is_rewritten_see_one_scenario_per_call(
+        tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:
+    """pynvml releases the GIL in its C calls: a reload must never show a thread half of one list and half of
+    another, nor free what a call is reading."""
+    def lists_of(n: int) -> dict[str, Any]:
+        return scenario([Gpu(0, compute=[proc(100 + k) for k in range(n)], samples=[{"pid": 100, "age_s": 0.1}])])
+
+    path = update_scenario(tmp_path / "scenario.json", lists_of(0))
+    nvml = long_running(path)
+    nvml("""
+        import threading
+        nvmlInit()
+        h = nvmlDeviceGetHandleByIndex(0)
+        seen, errors, stop = set(), [], threading.Event()
+        def poll():
+            while not stop.is_set():
+                try:
+                    seen.add(tuple(p.pid for p in nvmlDeviceGetComputeRunningProcesses(h)))
+                    nvmlDeviceGetProcessUtilization(h, 0)
+                except Exception as e:
+                    errors.append(repr(e))
+        threads = [threading.Thread(target=poll) for _ in range(3)]
+        for t in threads:
+            t.start()
+        out(0)
+    """)
+    for i in range(1, 80):
+        update_scenario(path, lists_of(i % 7))
+    seen, errors = nvml("stop.set(); [t.join() for t in threads]; out([sorted(seen), errors])")
+    assert errors == []
+    assert {tuple(s) for s in seen} <= {tuple(range(100, 100 + n)) for n in range(7)}
+    assert len(seen) > 1
+
+
+def test_init_is_reference_counted(tmp_path: Path, fake_nvml: Path) -> None:
+    """nvml.h: "A reference count of the number of initializations is maintained. Shutdown only occurs when the
+    reference count reaches zero." """
+    got = pynvml_run(tmp_path, fake_nvml, scenario([Gpu(0)]), """
+        nvmlInit()
+        nvmlInit()
+        nvmlShutdown()
+        still = code(nvmlDeviceGetCount)
+        nvmlShutdown()
+        out([still, code(nvmlDeviceGetCount)])
+    """)
+    assert got == [0, 1]

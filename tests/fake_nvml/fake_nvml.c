@@ -3,8 +3,10 @@
  * It exports the NVML symbols gpu-proc-collector calls, with the real C signatures, struct layouts and calling
  * protocol (count-then-fill with NVML_ERROR_INSUFFICIENT_SIZE, NOT_FOUND when no utilisation sample is newer than
  * lastSeenTimeStamp, NOT_SUPPORTED for per-process utilisation on MIG), so the unmodified pynvml runs against it.
- * What it reports comes from the JSON scenario named by $FAKE_NVML_SCENARIO, read at nvmlInitWithFlags; the
- * format is described in README.md beside this file.
+ * What it reports comes from the JSON scenario named by $FAKE_NVML_SCENARIO, read at nvmlInitWithFlags and, while
+ * NVML is initialised, again whenever the file changes (live data under the handles already given out); the format
+ * is described in README.md beside this file. $FAKE_NVML_FAULT_FILE makes every call fail while that file exists
+ * (a GPU falling off the bus, NVML shut down under the caller).
  *
  * Build variants (Makefile) play older drivers:
  *   FAKE_VARIANT_R470  no *_RunningProcesses_v3, no nvmlDeviceGetProcessesUtilizationInfo, no
@@ -14,13 +16,17 @@
  *
  * Every driver behaviour played here, and its source, is listed in docs/nvml-driver.md.
  */
+#define _GNU_SOURCE /* PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "json.h"
 
@@ -113,6 +119,7 @@ typedef struct nvmlDevice_st {
     int has_mig; /* MIG capable: GetMigMode answers */
     unsigned int mig_current, mig_pending, mig_max;
     struct nvmlDevice_st *slots[MAX_MIG_SLOTS];
+    unsigned int json_pos; /* MIG devices: their position in the scenario's mig.instances */
 } device_t;
 
 typedef device_t *nvmlDevice_t;
@@ -150,7 +157,7 @@ typedef struct gpm_sample_st {
     const struct nvmlDevice_st *dev; /* the handle sampled: a GPU or a MIG device */
     unsigned int gi;                  /* NA_U32, or the GPU instance of an nvmlGpmMigSampleGet sample */
     double t;                         /* CLOCK_MONOTONIC seconds */
-    const gpm_values_t *values;
+    gpm_values_t values;              /* a copy of the values when sampled: the scenario may change after */
 } gpm_sample_t;
 typedef struct { gpm_sample_t *handle; } nvmlGpmSample_t;
 typedef struct { char *shortName, *longName, *unit; } nvmlGpmMetricMetricInfo_t;
@@ -183,7 +190,14 @@ static struct {
     unsigned int ndevices;
     device_t *instances; /* MIG devices, pointed to by their parents' slots */
     unsigned int ninstances;
+    struct stat file;    /* the scenario file as it was when last read: a change is reloaded live */
 } S;
+
+/* Every NVML call reads S under the read lock; nvmlInit, nvmlShutdown and the live reload change it under the
+ * write lock. pynvml's ctypes calls release the GIL, so a threaded caller can be in here from several threads. */
+/* Writer-preferring: a reload waiting for the lock is not overtaken by new calls. */
+static pthread_rwlock_t lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+static unsigned int init_count; /* nvml.h: "A reference count of the number of initializations is maintained" */
 
 static int error_code(const char *text) {
     if (!text) return NVML_ERROR_UNKNOWN;
@@ -225,21 +239,24 @@ static int find_error(const error_t_ *errs, unsigned int n, const char *fn) {
     return NVML_SUCCESS;
 }
 
-/* The scenario's error for fn on dev: the device's own, a MIG device's parent's "*" (a lost GPU loses its
- * instances), then the top level's. */
-static void delay(const char *fn, const device_t *dev) {
+/* The scenario's delay for fn (on dev): milliseconds to sleep before answering, a hung driver call. */
+static int delay_ms(const char *fn, const device_t *dev) {
     int ms = find_error(S.delays, S.ndelays, fn);
     if (dev && !ms) ms = find_error(dev->delays, dev->ndelays, fn);
-    if (ms > 0) {
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-        }
+    return ms;
+}
+
+static void sleep_ms(int ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
     }
 }
 
-static int injected(const char *fn, const device_t *dev) {
+/* The scenario's error for fn on dev: the device's own, a MIG device's parent's "*" (a lost GPU loses its
+ * instances), then the top level's. */
+static int injected_error(const char *fn, const device_t *dev) {
     int r;
-    delay(fn, dev);
     if (dev) {
         if ((r = find_error(dev->errors, dev->nerrors, fn))) return r;
         if (dev->parent) {
@@ -250,20 +267,59 @@ static int injected(const char *fn, const device_t *dev) {
     return find_error(S.errors, S.nerrors, fn);
 }
 
+static int device_exists(const device_t *d);
+static int fault(int index);
+static void refresh(void);
+
+#define FAULT_SYSTEM (-1) /* a call on no GPU: only a fault without an index applies */
+#define FAULT_ANY (-2)    /* a call that may touch every GPU: any fault applies */
+
+static int enter(const char *fn, const device_t *dev, int need_dev, int index);
+
+static int read_lock(void) {
+    refresh();
+    pthread_rwlock_rdlock(&lock);
+    return 1;
+}
+
+static void read_unlock(int *held) {
+    if (*held) pthread_rwlock_unlock(&lock);
+}
+
+/* Holds the read lock until the calling function returns (every exported call but init and shutdown). */
+#define LOCKED() int locked_ __attribute__((cleanup(read_unlock), unused)) = read_lock()
+
 #define ENTER(fn, dev)                                              \
+    LOCKED();                                                       \
     do {                                                            \
-        if (!S.loaded) return NVML_ERROR_UNINITIALIZED;             \
-        int injected_ = injected(fn, dev);                          \
-        if (injected_) return injected_;                            \
+        int entered_ = enter(fn, dev, 0, FAULT_SYSTEM);             \
+        if (entered_) return entered_;                              \
     } while (0)
 
+/* A handle from before a re-initialisation that changed the devices is an invalid argument. */
 #define ENTER_DEV(fn, dev)                                          \
+    LOCKED();                                                       \
     do {                                                            \
-        if (!S.loaded) return NVML_ERROR_UNINITIALIZED;             \
-        if (!(dev)) return NVML_ERROR_INVALID_ARGUMENT;             \
-        int injected_ = injected(fn, dev);                          \
-        if (injected_) return injected_;                            \
+        int entered_ = enter(fn, dev, 1, 0);                        \
+        if (entered_) return entered_;                              \
     } while (0)
+
+/* Called with the read lock held. Sleeps the scenario's delay for fn with the lock released (a hung call holds no
+ * lock, so it never holds up a reload or another thread), then answers what the call returns before doing its
+ * work: UNINITIALIZED, INVALID_ARGUMENT for a handle that is not one, a fault, an injected error; or 0. */
+static int enter(const char *fn, const device_t *dev, int need_dev, int index) {
+    for (int slept = 0;; slept = 1) {
+        if (!S.loaded) return NVML_ERROR_UNINITIALIZED;
+        if ((need_dev || dev) && !device_exists(dev)) return NVML_ERROR_INVALID_ARGUMENT;
+        int ms = slept ? 0 : delay_ms(fn, dev);
+        if (!ms) break;
+        pthread_rwlock_unlock(&lock);
+        sleep_ms(ms);
+        pthread_rwlock_rdlock(&lock);
+    }
+    int r = fault(dev ? (int)dev->index : index);
+    return r ? r : injected_error(fn, dev);
+}
 
 static unsigned long long now_us(void) {
     struct timespec ts;
@@ -396,135 +452,328 @@ static char *read_file(const char *path) {
     return buf;
 }
 
-static int load_scenario(void) {
+static void free_named(error_t_ **list, unsigned int *n) {
+    for (unsigned int i = 0; *list && i < *n; i++) free((char *)(*list)[i].fn);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
+/* Frees what a (re)load replaces: everything of a device but its identity and MIG layout. */
+static void free_dynamic(device_t *d) {
+    for (int k = 0; k < 3; k++) {
+        free(d->procs[k]);
+        d->procs[k] = NULL;
+        d->nprocs[k] = 0;
+    }
+    free(d->late_procs);
+    free(d->samples);
+    free(d->garbage);
+    free(d->gpm.m);
+    free(d->gi_gpm.m);
+    d->late_procs = NULL;
+    d->samples = d->garbage = NULL;
+    d->nlate = d->nsamples = d->ngarbage = 0;
+    memset(&d->gpm, 0, sizeof(d->gpm));
+    memset(&d->gi_gpm, 0, sizeof(d->gi_gpm));
+    free_named(&d->errors, &d->nerrors);
+    free_named(&d->delays, &d->ndelays);
+}
+
+/* A device's identity and MIG layout: what the handles a caller holds stand for, fixed while NVML is initialised.
+ * MIG devices go to insts[*ninst...]. */
+static void load_layout(device_t *d, const jval *dj, size_t i, device_t *insts, unsigned int *ninst) {
+    d->index = (unsigned int)i;
+    d->minor = (unsigned int)json_u64(json_get(dj, "minor"), i);
+    copy_str(d->uuid, sizeof(d->uuid), json_str(json_get(dj, "uuid"), ""));
+    if (!d->uuid[0]) snprintf(d->uuid, sizeof(d->uuid), "GPU-00000000-0000-0000-0000-%012zx", i);
+    copy_str(d->name, sizeof(d->name), json_str(json_get(dj, "name"), "NVIDIA H100 80GB HBM3"));
+    const jval *gpm = json_get(dj, "gpm");
+    d->gpm_supported = gpm && json_bool(json_get(gpm, "supported"), 1);
+    const jval *mig = json_get(dj, "mig");
+    if (!mig) return;
+    d->has_mig = 1;
+    d->mig_current = (unsigned int)json_u64(json_get(mig, "mode"), 1);
+    d->mig_max = (unsigned int)json_u64(json_get(mig, "max_count"), 7);
+    if (d->mig_max > MAX_MIG_SLOTS) d->mig_max = MAX_MIG_SLOTS;
+    const jval *list = json_get(mig, "instances");
+    for (size_t k = 0; list && list->type == J_ARR && k < list->len; k++) {
+        const jval *ij = list->items[k];
+        unsigned int slot = (unsigned int)json_u64(json_get(ij, "slot"), k);
+        if (slot >= MAX_MIG_SLOTS || d->slots[slot]) continue;
+        device_t *m = &insts[(*ninst)++];
+        m->is_mig = 1;
+        m->parent = d;
+        m->index = d->index;
+        m->minor = d->minor;
+        m->json_pos = (unsigned int)k;
+        m->gi = (unsigned int)json_u64(json_get(ij, "gpu_instance_id"), k + 1);
+        m->ci = (unsigned int)json_u64(json_get(ij, "compute_instance_id"), 0);
+        copy_str(m->uuid, sizeof(m->uuid), json_str(json_get(ij, "uuid"), ""));
+        if (!m->uuid[0]) snprintf(m->uuid, sizeof(m->uuid), "MIG-00000000-0000-0000-%04zx-%012zx", i, k);
+        snprintf(m->name, sizeof(m->name), "%s MIG %s", d->name, json_str(json_get(ij, "profile"), "1g.10gb"));
+        d->slots[slot] = m;
+    }
+}
+
+static int same_identity(const device_t *a, const device_t *b) {
+    return a->index == b->index && a->minor == b->minor && a->gi == b->gi && a->ci == b->ci &&
+           !strcmp(a->uuid, b->uuid) && !strcmp(a->name, b->name);
+}
+
+static int same_layout(const device_t *a, const device_t *b, unsigned int n) {
+    for (unsigned int i = 0; i < n; i++) {
+        if (!same_identity(&a[i], &b[i]) || a[i].gpm_supported != b[i].gpm_supported || a[i].has_mig != b[i].has_mig ||
+            a[i].mig_current != b[i].mig_current || a[i].mig_max != b[i].mig_max)
+            return 0;
+        for (unsigned int s = 0; s < MAX_MIG_SLOTS; s++) {
+            const device_t *x = a[i].slots[s], *y = b[i].slots[s];
+            if (!x != !y || (x && !same_identity(x, y))) return 0;
+        }
+    }
+    return 1;
+}
+
+static unsigned long long energy_at(const device_t *d, double t) {
+    double elapsed = t - d->energy_epoch_s;
+    return d->energy_mj + (elapsed > 0 ? (unsigned long long)(elapsed * d->energy_mj_per_s) : 0);
+}
+
+static double realtime_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A live reload without energy_epoch_s continues the counter from where it is, at the new rate: the driver's
+ * counter only restarts with the driver, which cannot reload under a process that has NVML open. */
+static void load_energy(device_t *d, const jval *dj, double mtime, int live) {
+    const jval *energy = json_get(dj, "energy_mj"), *epoch = json_get(dj, "energy_epoch_s");
+    int has = energy && energy->type == J_NUM;
+    double rate = json_num(json_get(dj, "energy_mj_per_s"), 0);
+    if (live && has && d->has_energy && !epoch) {
+        double now = realtime_s();
+        d->energy_mj = energy_at(d, now);
+        d->energy_epoch_s = now;
+        d->energy_mj_per_s = rate;
+        return;
+    }
+    d->has_energy = has;
+    d->energy_mj = json_u64(energy, 0);
+    d->energy_mj_per_s = rate;
+    d->energy_epoch_s = json_num(epoch, mtime);
+}
+
+/* What a device reports, re-read at every (live) load. */
+static void load_dynamic(device_t *d, const jval *dj, unsigned long long now, double mtime, int live) {
+    free_dynamic(d);
+    load_memory(d, json_get(dj, "memory"));
+    d->util_gpu = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "gpu"), 0);
+    d->util_mem = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "memory"), 0);
+    d->temperature_c = (unsigned int)json_u64(json_get(dj, "temperature_c"), 40);
+    d->power_mw = (unsigned int)json_u64(json_get(dj, "power_mw"), 100000);
+    load_process_lists(d, json_get(dj, "processes"));
+    load_procs(json_get(dj, "processes_started_after_count"), &d->late_procs, &d->nlate);
+    d->counted = 0;
+    load_samples(json_get(dj, "process_samples"), now, now, &d->samples, &d->nsamples);
+    load_samples(json_get(dj, "utilization_garbage"), now, 0, &d->garbage, &d->ngarbage);
+    load_utilization_shape(d, dj);
+    load_errors(json_get(dj, "errors"), &d->errors, &d->nerrors);
+    load_delays(json_get(dj, "delays"), &d->delays, &d->ndelays);
+    const jval *gpm = json_get(dj, "gpm");
+    d->gpm_too_close_nan = !strcmp(json_str(json_get(gpm, "too_close"), "invalid_argument"), "nan");
+    load_gpm_values(&d->gpm, gpm);
+    load_energy(d, dj, mtime, live);
+    const jval *mig = json_get(dj, "mig");
+    d->ci_lists_gi = json_bool(json_get(mig, "ci_lists_gi_processes"), 0);
+    d->mig_pending = (unsigned int)json_u64(json_get(mig, "pending"), d->mig_current);
+    const jval *list = json_get(mig, "instances");
+    for (unsigned int s = 0; s < MAX_MIG_SLOTS; s++) {
+        device_t *m = d->slots[s];
+        if (!m) continue;
+        const jval *ij = list->items[m->json_pos];
+        free_dynamic(m);
+        load_memory(m, gpu_instance_part(mig, m->gi, "memory"));
+        load_gpm_values(&m->gpm, json_get(ij, "gpm"));
+        load_gpm_values(&m->gi_gpm, gpu_instance_part(mig, m->gi, "gpm"));
+        load_process_lists(m, json_get(ij, "processes"));
+        load_errors(json_get(ij, "errors"), &m->errors, &m->nerrors);
+    }
+}
+
+static int same_file(const struct stat *a, const struct stat *b) {
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Reads the scenario, under the write lock. At nvmlInit (live = 0) everything is read; a handle from before stays
+ * valid when the devices are the same. While initialised (live = 1), a changed file replaces what the devices
+ * report, in place; a file that changes the devices themselves is refused. Returns 0, or -1 (file unusable). */
+static int load_scenario(int live) {
     const char *path = getenv("FAKE_NVML_SCENARIO");
     if (!path || !*path) {
         fprintf(stderr, "fake-nvml: FAKE_NVML_SCENARIO is not set\n");
         return -1;
     }
+    struct stat st;
+    if (stat(path, &st) != 0) memset(&st, 0, sizeof(st));
     char *text = read_file(path);
     if (!text) {
-        fprintf(stderr, "fake-nvml: cannot read scenario %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "fake-nvml: cannot read scenario %s: %s%s\n", path, strerror(errno),
+                live ? "; keeping the last one" : "");
+        if (live) S.file = st;
         return -1;
     }
-    struct stat st;
-    double mtime = stat(path, &st) == 0 ? (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9 : 0;
+    double mtime = (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9;
     char err[160];
     jval *root = json_parse(text, err, sizeof(err));
     free(text);
     if (!root || root->type != J_OBJ) {
-        fprintf(stderr, "fake-nvml: scenario %s is not a JSON object: %s\n", path, root ? "wrong type" : err);
+        fprintf(stderr, "fake-nvml: scenario %s is not a JSON object: %s%s\n", path, root ? "wrong type" : err,
+                live ? "; keeping the last one" : "");
         json_free(root);
+        if (live) S.file = st;
         return -1;
     }
+    S.file = st;
     unsigned long long now = now_us();
-    memset(&S, 0, sizeof(S));
-    copy_str(S.driver_version, sizeof(S.driver_version), json_str(json_get(root, "driver_version"), "580.95.05"));
-    load_errors(json_get(root, "errors"), &S.errors, &S.nerrors);
-    load_delays(json_get(root, "delays"), &S.delays, &S.ndelays);
-
     const jval *devs = json_get(root, "devices");
     size_t ndev = (devs && devs->type == J_ARR) ? devs->len : 0, ninst = 0;
     for (size_t i = 0; i < ndev; i++) {
         const jval *inst = json_get(json_get(devs->items[i], "mig"), "instances");
         if (inst && inst->type == J_ARR) ninst += inst->len;
     }
-    S.devices = calloc(ndev ? ndev : 1, sizeof(device_t));
-    S.instances = calloc(ninst ? ninst : 1, sizeof(device_t));
-    for (size_t i = 0; i < ndev; i++) {
-        const jval *dj = devs->items[i];
-        device_t *d = &S.devices[i];
-        d->index = (unsigned int)i;
-        d->minor = (unsigned int)json_u64(json_get(dj, "minor"), i);
-        copy_str(d->uuid, sizeof(d->uuid), json_str(json_get(dj, "uuid"), ""));
-        if (!d->uuid[0]) snprintf(d->uuid, sizeof(d->uuid), "GPU-00000000-0000-0000-0000-%012zx", i);
-        copy_str(d->name, sizeof(d->name), json_str(json_get(dj, "name"), "NVIDIA H100 80GB HBM3"));
-        load_memory(d, json_get(dj, "memory"));
-        d->util_gpu = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "gpu"), 0);
-        d->util_mem = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "memory"), 0);
-        d->temperature_c = (unsigned int)json_u64(json_get(dj, "temperature_c"), 40);
-        d->power_mw = (unsigned int)json_u64(json_get(dj, "power_mw"), 100000);
-        load_process_lists(d, json_get(dj, "processes"));
-        load_procs(json_get(dj, "processes_started_after_count"), &d->late_procs, &d->nlate);
-        load_samples(json_get(dj, "process_samples"), now, now, &d->samples, &d->nsamples);
-        load_samples(json_get(dj, "utilization_garbage"), now, 0, &d->garbage, &d->ngarbage);
-        load_utilization_shape(d, dj);
-        load_errors(json_get(dj, "errors"), &d->errors, &d->nerrors);
-        load_delays(json_get(dj, "delays"), &d->delays, &d->ndelays);
-        const jval *gpm = json_get(dj, "gpm");
-        d->gpm_supported = gpm && json_bool(json_get(gpm, "supported"), 1);
-        d->gpm_too_close_nan = !strcmp(json_str(json_get(gpm, "too_close"), "invalid_argument"), "nan");
-        load_gpm_values(&d->gpm, gpm);
-        const jval *energy = json_get(dj, "energy_mj");
-        d->has_energy = energy && energy->type == J_NUM;
-        d->energy_mj = json_u64(energy, 0);
-        d->energy_mj_per_s = json_num(json_get(dj, "energy_mj_per_s"), 0);
-        d->energy_epoch_s = json_num(json_get(dj, "energy_epoch_s"), mtime);
-
-        const jval *mig = json_get(dj, "mig");
-        if (!mig) continue;
-        d->has_mig = 1;
-        d->ci_lists_gi = json_bool(json_get(mig, "ci_lists_gi_processes"), 0);
-        d->mig_current = (unsigned int)json_u64(json_get(mig, "mode"), 1);
-        d->mig_pending = (unsigned int)json_u64(json_get(mig, "pending"), d->mig_current);
-        d->mig_max = (unsigned int)json_u64(json_get(mig, "max_count"), 7);
-        if (d->mig_max > MAX_MIG_SLOTS) d->mig_max = MAX_MIG_SLOTS;
-        const jval *insts = json_get(mig, "instances");
-        for (size_t k = 0; insts && insts->type == J_ARR && k < insts->len; k++) {
-            const jval *ij = insts->items[k];
-            unsigned int slot = (unsigned int)json_u64(json_get(ij, "slot"), k);
-            if (slot >= MAX_MIG_SLOTS || d->slots[slot]) continue;
-            device_t *m = &S.instances[S.ninstances++];
-            m->is_mig = 1;
-            m->parent = d;
-            m->index = d->index;
-            m->minor = d->minor;
-            m->gi = (unsigned int)json_u64(json_get(ij, "gpu_instance_id"), k + 1);
-            m->ci = (unsigned int)json_u64(json_get(ij, "compute_instance_id"), 0);
-            copy_str(m->uuid, sizeof(m->uuid), json_str(json_get(ij, "uuid"), ""));
-            if (!m->uuid[0]) snprintf(m->uuid, sizeof(m->uuid), "MIG-00000000-0000-0000-%04zx-%012zx", i, k);
-            snprintf(m->name, sizeof(m->name), "%s MIG %s", d->name, json_str(json_get(ij, "profile"), "1g.10gb"));
-            load_memory(m, gpu_instance_part(mig, m->gi, "memory"));
-            load_gpm_values(&m->gpm, json_get(ij, "gpm"));
-            load_gpm_values(&m->gi_gpm, gpu_instance_part(mig, m->gi, "gpm"));
-            load_process_lists(m, json_get(ij, "processes"));
-            load_errors(json_get(ij, "errors"), &m->errors, &m->nerrors);
-            d->slots[slot] = m;
-        }
+    device_t *devices = calloc(ndev ? ndev : 1, sizeof(device_t));
+    device_t *instances = calloc(ninst ? ninst : 1, sizeof(device_t));
+    unsigned int ninstances = 0;
+    for (size_t i = 0; i < ndev; i++) load_layout(&devices[i], devs->items[i], i, instances, &ninstances);
+    int same = S.devices && ndev == S.ndevices && ninstances == S.ninstances &&
+               same_layout(devices, S.devices, (unsigned int)ndev);
+    if (!same && live) {
+        fprintf(stderr, "fake-nvml: scenario changed its devices; restart NVML to see them\n");
+        free(devices);
+        free(instances);
+        json_free(root);
+        return 0;
     }
-    S.ndevices = (unsigned int)ndev;
+    if (!same) {
+        for (unsigned int i = 0; i < S.ndevices; i++) free_dynamic(&S.devices[i]);
+        for (unsigned int i = 0; i < S.ninstances; i++) free_dynamic(&S.instances[i]);
+        free(S.devices);
+        free(S.instances);
+        S.devices = devices;
+        S.instances = instances;
+        S.ndevices = (unsigned int)ndev;
+        S.ninstances = ninstances;
+    } else {
+        /* The same devices: the existing ones (and the handles to them) stay; only their MIG instances' positions
+         * in the file can differ. */
+        for (unsigned int i = 0; i < S.ndevices; i++)
+            for (unsigned int s = 0; s < MAX_MIG_SLOTS; s++)
+                if (S.devices[i].slots[s]) S.devices[i].slots[s]->json_pos = devices[i].slots[s]->json_pos;
+        free(devices);
+        free(instances);
+    }
+    if (!live)
+        copy_str(S.driver_version, sizeof(S.driver_version), json_str(json_get(root, "driver_version"), "580.95.05"));
+    free_named(&S.errors, &S.nerrors);
+    free_named(&S.delays, &S.ndelays);
+    load_errors(json_get(root, "errors"), &S.errors, &S.nerrors);
+    load_delays(json_get(root, "delays"), &S.delays, &S.ndelays);
+    for (unsigned int i = 0; i < S.ndevices; i++) load_dynamic(&S.devices[i], devs->items[i], now, mtime, live);
     json_free(root);
     return 0;
+}
+
+/* The live scenario: at each call's entry, one stat() of the scenario file; when it differs from the file last
+ * read (device, inode, size, mtime or ctime, to the nanosecond), the file is read again under the write lock,
+ * which waits for the calls under way in other threads (none holds it long: a delayed call sleeps without it). */
+static void refresh(void) {
+    const char *path = getenv("FAKE_NVML_SCENARIO");
+    struct stat st;
+    if (!path || !*path || stat(path, &st) != 0) return; /* gone: keep what was read */
+    pthread_rwlock_rdlock(&lock);
+    int changed = S.loaded && !same_file(&st, &S.file);
+    pthread_rwlock_unlock(&lock);
+    if (!changed) return;
+    pthread_rwlock_wrlock(&lock);
+    if (S.loaded && stat(path, &st) == 0 && !same_file(&st, &S.file)) load_scenario(1);
+    pthread_rwlock_unlock(&lock);
+}
+
+/* $FAKE_NVML_FAULT_FILE: while the file exists, every call fails with the error it names. Each line is an error
+ * name (NVML_ERROR_GPU_IS_LOST, GPU_IS_LOST) or number, optionally followed by a device index: then only calls
+ * on that GPU, its MIG devices and handles looked up for it fail. index is the call's GPU, FAULT_SYSTEM or
+ * FAULT_ANY. Read at every call while it exists, so it can be rewritten or removed under a running caller. */
+static int fault(int index) {
+    const char *path = getenv("FAKE_NVML_FAULT_FILE");
+    if (!path || !*path) return NVML_SUCCESS;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NVML_SUCCESS;
+    char buf[1024];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    int code = NVML_SUCCESS, lines = 0;
+    for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line && !code; line = strtok_r(NULL, "\n", &save)) {
+        char name[64] = "", scope[32] = "";
+        int fields = sscanf(line, " %63s %31s", name, scope);
+        if (fields < 1 || name[0] == '#') continue;
+        lines++;
+        char *end;
+        long number = strtol(name, &end, 10);
+        int c = *end == '\0' ? (int)number : error_code(name);
+        if (fields < 2 || !strcmp(scope, "*") || index == FAULT_ANY || (index >= 0 && atoi(scope) == index)) code = c;
+    }
+    return lines ? code : NVML_ERROR_UNKNOWN; /* a file that names no error: NVML_ERROR_UNKNOWN for every call */
 }
 
 static int mig_enabled(const device_t *d) {
     return d->has_mig && d->mig_current == 1;
 }
 
+/* A handle into the current device tables (pointer arithmetic only: a stale handle is never dereferenced). */
 static int device_exists(const device_t *d) {
     if (!d) return 0;
-    if (d >= S.devices && d < S.devices + S.ndevices) return 1;
-    return d >= S.instances && d < S.instances + S.ninstances;
+    const char *p = (const char *)d, *dev = (const char *)S.devices, *inst = (const char *)S.instances;
+    if (S.devices && p >= dev && p < dev + S.ndevices * sizeof(device_t)) return (p - dev) % sizeof(device_t) == 0;
+    if (S.instances && p >= inst && p < inst + S.ninstances * sizeof(device_t))
+        return (p - inst) % sizeof(device_t) == 0;
+    return 0;
 }
 
 /* ---- init, system ---- */
 
+/* A fault ($FAKE_NVML_FAULT_FILE) without a device index fails init too, so a caller that re-initialises keeps
+ * failing until the file is gone; the first init after that reads the scenario afresh. */
 EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
-    if (S.loaded) return NVML_SUCCESS;
-    if (load_scenario()) return NVML_ERROR_DRIVER_NOT_LOADED;
-    int r = injected("nvmlInitWithFlags", NULL);
-    if (r) return r;
-    S.loaded = 1;
-    return NVML_SUCCESS;
+    pthread_rwlock_wrlock(&lock);
+    int r = fault(FAULT_SYSTEM);
+    if (!r && !init_count) {
+        if (load_scenario(0)) r = NVML_ERROR_DRIVER_NOT_LOADED;
+        else {
+            sleep_ms(delay_ms("nvmlInitWithFlags", NULL));
+            r = injected_error("nvmlInitWithFlags", NULL);
+        }
+        S.loaded = r == NVML_SUCCESS;
+    }
+    if (!r) init_count++;
+    pthread_rwlock_unlock(&lock);
+    return r;
 }
 
 EXPORT nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
 
+/* Shutdown only occurs when the reference count reaches zero (nvml.h). */
 EXPORT nvmlReturn_t nvmlShutdown(void) {
-    if (!S.loaded) return NVML_ERROR_UNINITIALIZED;
-    S.loaded = 0;
-    return NVML_SUCCESS;
+    pthread_rwlock_wrlock(&lock);
+    int r = NVML_SUCCESS;
+    if (!init_count) r = NVML_ERROR_UNINITIALIZED;
+    else if (--init_count == 0) S.loaded = 0;
+    pthread_rwlock_unlock(&lock);
+    return r;
 }
 
 EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
@@ -578,10 +827,12 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    LOCKED();
     if (!S.loaded) return NVML_ERROR_UNINITIALIZED;
     if (!device || index >= S.ndevices) return NVML_ERROR_INVALID_ARGUMENT;
-    int r = injected("nvmlDeviceGetHandleByIndex_v2", &S.devices[index]);
+    int r = enter("nvmlDeviceGetHandleByIndex_v2", &S.devices[index], 1, 0);
     if (r) return r;
+    if (index >= S.ndevices) return NVML_ERROR_INVALID_ARGUMENT; /* a re-init while it slept */
     *device = &S.devices[index];
     return NVML_SUCCESS;
 }
@@ -589,6 +840,8 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
     ENTER("nvmlDeviceGetHandleByUUID", NULL);
     if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    int lost = fault(FAULT_ANY); /* nvml.h: GPU_IS_LOST "if any GPU has fallen off the bus" (it searches them) */
+    if (lost) return lost;
     for (unsigned int i = 0; i < S.ndevices; i++)
         if (!strcmp(S.devices[i].uuid, uuid)) { *device = &S.devices[i]; return NVML_SUCCESS; }
     for (unsigned int i = 0; i < S.ninstances; i++)
@@ -652,10 +905,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t dev, unsign
     ENTER_DEV("nvmlDeviceGetTotalEnergyConsumption", dev);
     if (!energy) return NVML_ERROR_INVALID_ARGUMENT;
     if (dev->is_mig || !dev->has_energy) return NVML_ERROR_NOT_SUPPORTED;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double elapsed = (double)ts.tv_sec + ts.tv_nsec / 1e9 - dev->energy_epoch_s;
-    *energy = dev->energy_mj + (elapsed > 0 ? (unsigned long long)(elapsed * dev->energy_mj_per_s) : 0);
+    *energy = energy_at(dev, realtime_s());
     return NVML_SUCCESS;
 }
 
@@ -920,6 +1170,29 @@ EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t de
 
 #ifndef FAKE_VARIANT_R470
 static gpm_sample_t *gpm_samples; /* every allocated sample */
+static double monotonic_s(void);
+static pthread_mutex_t gpm_lock = PTHREAD_MUTEX_INITIALIZER; /* the samples, between threads holding the read lock */
+
+static int gpm_lock_take(void) {
+    pthread_mutex_lock(&gpm_lock);
+    return 1;
+}
+
+static void gpm_lock_release(int *held) {
+    if (*held) pthread_mutex_unlock(&gpm_lock);
+}
+
+#define GPM_LOCKED() int gpm_locked_ __attribute__((cleanup(gpm_lock_release), unused)) = gpm_lock_take()
+
+/* Fills a sample with a copy of the values sampled, which a live reload may replace before nvmlGpmMetricsGet. */
+static nvmlReturn_t gpm_fill(gpm_sample_t *s, const device_t *dev, unsigned int gi, const gpm_values_t *values) {
+    gpm_metric_t *m = values->n ? malloc(values->n * sizeof(*m)) : NULL;
+    if (values->n && !m) return NVML_ERROR_MEMORY;
+    if (m) memcpy(m, values->m, values->n * sizeof(*m));
+    free(s->values.m);
+    *s = (gpm_sample_t){s->next, 1, dev, gi, monotonic_s(), {m, values->n}};
+    return NVML_SUCCESS;
+}
 
 static gpm_sample_t *gpm_find(const gpm_sample_t *handle) {
     for (gpm_sample_t *s = gpm_samples; s; s = s->next)
@@ -956,6 +1229,7 @@ EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t dev, nvmlGpmSupport_t
 
 EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
     ENTER("nvmlGpmSampleAlloc", NULL);
+    GPM_LOCKED();
     if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
     gpm_sample_t *s = calloc(1, sizeof(*s));
     if (!s) return NVML_ERROR_MEMORY;
@@ -967,9 +1241,11 @@ EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
 
 EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
     ENTER("nvmlGpmSampleFree", NULL);
+    GPM_LOCKED();
     for (gpm_sample_t **p = &gpm_samples; *p; p = &(*p)->next)
         if (*p == sample.handle) {
             *p = sample.handle->next;
+            free(sample.handle->values.m);
             free(sample.handle);
             return NVML_SUCCESS;
         }
@@ -980,34 +1256,38 @@ EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
  * device handle and MIG device handle"). */
 EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t dev, nvmlGpmSample_t sample) {
     ENTER_DEV("nvmlGpmSampleGet", dev);
+    GPM_LOCKED();
     gpm_sample_t *s = gpm_find(sample.handle);
     if (!s) return NVML_ERROR_INVALID_ARGUMENT;
     if (!gpm_supported(dev)) return NVML_ERROR_NOT_SUPPORTED;
-    *s = (gpm_sample_t){s->next, 1, dev, NA_U32, monotonic_s(), &dev->gpm};
-    return NVML_SUCCESS;
+    return gpm_fill(s, dev, NA_U32, &dev->gpm);
 }
 
 /* A GPU instance of a MIG-enabled GPU, by its id, through the GPU's handle (as DCGM's DcgmGpmManager calls it). */
 EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t dev, unsigned int gpu_instance_id, nvmlGpmSample_t sample) {
     ENTER_DEV("nvmlGpmMigSampleGet", dev);
+    GPM_LOCKED();
     gpm_sample_t *s = gpm_find(sample.handle);
     if (!s || dev->is_mig) return NVML_ERROR_INVALID_ARGUMENT;
     if (!gpm_supported(dev) || !mig_enabled(dev)) return NVML_ERROR_NOT_SUPPORTED;
     for (unsigned int k = 0; k < MAX_MIG_SLOTS; k++)
         if (dev->slots[k] && dev->slots[k]->gi == gpu_instance_id) {
-            *s = (gpm_sample_t){s->next, 1, dev, gpu_instance_id, monotonic_s(), &dev->slots[k]->gi_gpm};
-            return NVML_SUCCESS;
+            return gpm_fill(s, dev, gpu_instance_id, &dev->slots[k]->gi_gpm);
         }
     return NVML_ERROR_NOT_FOUND;
 }
 
 EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
     ENTER("nvmlGpmMetricsGet", NULL);
+    GPM_LOCKED();
     if (!mg) return NVML_ERROR_INVALID_ARGUMENT;
     if (mg->version != GPM_METRICS_GET_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     const gpm_sample_t *a = gpm_find(mg->sample1.handle), *b = gpm_find(mg->sample2.handle);
     if (mg->numMetrics > GPM_METRIC_MAX || !a || !b || !a->filled || !b->filled || a->dev != b->dev || a->gi != b->gi)
         return NVML_ERROR_INVALID_ARGUMENT;
+    if (!device_exists(a->dev)) return NVML_ERROR_INVALID_ARGUMENT; /* sampled before a re-init changed the GPUs */
+    int lost = fault((int)a->dev->index);
+    if (lost) return lost;
     const device_t *gpu = a->dev->is_mig ? a->dev->parent : a->dev;
     int too_close = b->t - a->t < GPM_MIN_INTERVAL_S; /* nvml.h: the interval "should be greater than 100ms" */
     if (too_close && !gpu->gpm_too_close_nan) return NVML_ERROR_INVALID_ARGUMENT;
@@ -1016,10 +1296,10 @@ EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
         memset(&m->metricInfo, 0, sizeof(m->metricInfo)); /* "Those can be NULL if not defined" */
         m->value = 0;
         m->nvmlReturn = gpm_known(m->metricId) ? NVML_SUCCESS : NVML_ERROR_INVALID_ARGUMENT;
-        for (unsigned int k = 0; m->nvmlReturn == NVML_SUCCESS && k < b->values->n; k++)
-            if (b->values->m[k].id == m->metricId) {
-                m->value = b->values->m[k].value;
-                m->nvmlReturn = b->values->m[k].err;
+        for (unsigned int k = 0; m->nvmlReturn == NVML_SUCCESS && k < b->values.n; k++)
+            if (b->values.m[k].id == m->metricId) {
+                m->value = b->values.m[k].value;
+                m->nvmlReturn = b->values.m[k].err;
             }
         if (too_close && m->nvmlReturn == NVML_SUCCESS) m->value = NAN;
     }
