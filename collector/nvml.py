@@ -603,6 +603,9 @@ class Session:
         self._gpm_support: dict[str, bool] = {}
         self._long_running = long_running
         self.integrator: Optional[Integrator] = None
+        # The library this process mapped no longer matches the loaded driver (upgraded, module reloaded while
+        # NVML was shut down): only a new process, which maps the new library, can use NVML again.
+        self.needs_restart = False
 
     def tick(self) -> None:
         """Samples per-process utilisation between writes (long-running mode)."""
@@ -627,6 +630,7 @@ class Session:
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as err:
+            self.needs_restart = isinstance(err, pynvml.NVMLError_LibRmVersionMismatch)
             raise NvmlUnavailable(f"NVML init failed: {err}") from None
         self._initialised = True
         self._gpm_support.clear()

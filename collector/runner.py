@@ -147,16 +147,18 @@ def run_once(settings: Settings) -> int:
 
 def notify(message: str) -> None:
     """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path, or '@' for the abstract
-    namespace). Nothing when not started by systemd with Type=notify."""
+    namespace). Nothing when not started by systemd with Type=notify. Never blocks the collector."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
-            sock.sendall(message.encode())
+            sock.sendall(message.encode())  # never blocks: a full queue drops the message (a ping is sent again)
+    except BlockingIOError:
+        log.debug("systemd's notify socket is full; dropped %r", message)
     except OSError as err:
         log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), err)
 
@@ -220,6 +222,10 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
             signals.collecting.set()
             _, previous = one_collection(settings, previous, session)
             signals.collecting.clear()
+            if session.needs_restart:
+                log.error("the NVIDIA library this process loaded does not match the driver any more (upgraded?): "
+                          "exiting so that systemd starts a new process with the new library")
+                return EXIT_COLLECTION_FAILED
             if not ready:
                 notify("READY=1")
                 ready = True

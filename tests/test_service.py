@@ -10,12 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import REPO, Host, promtool_check, samples
-from tests.simhost import GIB, Gpu, proc, scenario, write_scenario
+from tests.simhost import GIB, Gpu, proc, scenario, set_fault, update_scenario, write_scenario
 
 
 class Notifications:
@@ -73,6 +73,14 @@ def wait_for_writes(host: Host, count: int, timeout: float = 60) -> None:
         assert time.monotonic() < deadline, f"fewer than {count} writes"
         time.sleep(0.05)
         seen.add(version())
+
+
+def wait_until(host: Host, condition: Callable[[dict[str, list[tuple[dict[str, str], float]]]], bool],
+               timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(metrics(host)):
+        assert time.monotonic() < deadline, "the file never showed what was expected"
+        time.sleep(0.05)
 
 
 def metrics(host: Host) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -152,3 +160,80 @@ def test_a_second_service_or_run_is_refused_while_one_holds_the_lock(host: Host)
         assert second.returncode == 75
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def test_a_broken_nvml_writes_up_0_and_the_next_collection_initialises_it_again(host: Host) -> None:
+    """NVML breaks under the running service (here: every call answers UNINITIALIZED, as after nvmlShutdown).
+    That collection writes up 0; once NVML works again, a later one initialises it afresh and reports."""
+    host.tree.add_process(941)
+    fault = host.base / "fault"
+    document = scenario([Gpu(0, compute=[proc(941, GIB)])])
+    os.environ["FAKE_NVML_FAULT_FILE"] = str(fault)
+    try:
+        with service(host, document, "--interval", "0.3") as (process, notes):
+            notes.wait_for("READY=1")
+            set_fault(fault, "NVML_ERROR_UNINITIALIZED")
+            wait_until(host, lambda m: m["gpu_proc_collector_up"] == [({}, 0.0)])
+            assert "gpu_process_info" not in metrics(host)
+            set_fault(fault, None)
+            host.tree.add_process(942)  # and the driver now lists one more process
+            update_scenario(host.base / "scenario.json", scenario([Gpu(0, compute=[proc(941, GIB), proc(942, GIB)])]))
+            wait_until(host, lambda m: m["gpu_proc_collector_up"] == [({}, 1.0)])
+            assert {lab["pid"] for lab, _ in metrics(host)["gpu_process_info"]} == {"941", "942"}
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+    finally:
+        del os.environ["FAKE_NVML_FAULT_FILE"]
+    assert process.returncode == 0
+    assert "NVML init failed" in stderr or "collection failed" in stderr
+
+
+def test_a_library_that_no_longer_matches_the_driver_ends_the_service_for_a_restart(host: Host) -> None:
+    """After NVML was shut down (a failure), the driver was upgraded: the library this process mapped answers
+    LIB_RM_VERSION_MISMATCH at init forever. The service exits 1 so that systemd (Restart=on-failure) starts a
+    new process, which loads the new library."""
+    host.tree.add_process(951)
+    fault = host.base / "fault"
+    os.environ["FAKE_NVML_FAULT_FILE"] = str(fault)
+    try:
+        with service(host, scenario([Gpu(0, compute=[proc(951, GIB)])]), "--interval", "0.3") as (process, notes):
+            notes.wait_for("READY=1")
+            set_fault(fault, "NVML_ERROR_LIB_RM_VERSION_MISMATCH")
+            _, stderr = process.communicate(timeout=60)
+    finally:
+        del os.environ["FAKE_NVML_FAULT_FILE"]
+    assert process.returncode == 1
+    assert "exiting so that systemd starts a new process" in stderr
+    assert metrics(host)["gpu_proc_collector_up"] == [({}, 0.0)]
+
+
+def test_utilisation_is_integrated_over_the_whole_interval(host: Host) -> None:
+    """Between two writes 3 s apart, sampled every 0.25 s: PID 961 is busy (80 %) in every sample period of the
+    first half only, then the driver lists no entry for it (idle). The write reports about 40 % for the interval,
+    where a single query at write time would say 0 (or 80). PID 962 is at 50 % throughout."""
+    host.tree.add_process(961)
+    host.tree.add_process(962)
+    busy = [{"pid": 961, "age_s": 0.01, "sm": 80}, {"pid": 962, "age_s": 0.01, "sm": 50}]
+    idle = [{"pid": 962, "age_s": 0.01, "sm": 50}]
+
+    def document(samples: list[dict[str, object]]) -> dict[str, object]:
+        return scenario([Gpu(0, compute=[proc(961, GIB), proc(962, GIB)], samples=samples)])
+
+    path = host.base / "scenario.json"
+    with service(host, document(busy), "--interval", "3", "--sample-interval", "0.25") as (process, notes):
+        notes.wait_for("READY=1")
+        first = host.prom.stat().st_mtime
+        # Keep fresh samples coming: the stand-in returns a sample only once it is newer than the last query.
+        while time.time() < first + 1.5:
+            update_scenario(path, document(busy))
+            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while host.prom.stat().st_mtime == first:
+            assert time.monotonic() < deadline, "no second write"
+            update_scenario(path, document(idle))
+            time.sleep(0.1)
+        util = {lab["pid"]: v for lab, v in metrics(host)["gpu_process_utilization"]}
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert 25 <= util["961"] <= 55, util  # 80 % for about half of the interval
+    assert 45 <= util["962"] <= 51, util
