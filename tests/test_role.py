@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.role_render import render
 
 ROLE = REPO / "roles" / "gpu_proc_collector"
 
@@ -117,3 +121,36 @@ def test_the_readme_lists_every_role_variable() -> None:
     specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
     missing = [name for name in specs if f"| `{name}` |" not in readme]
     assert missing == []
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    return render(tmp_path_factory.mktemp("role"))
+
+
+def test_the_units_carry_the_translated_schedule_and_limits(rendered: dict[str, dict[str, str]]) -> None:
+    for variant, calendar, quota, memory in (("default", "*-*-* *:0/1:00", "10%", "64M"),
+                                             ("full", "*-*-* *:0/5:00", "25%", "128M")):
+        service = rendered[variant]["gpu-proc-collector.service"].splitlines()
+        assert f"CPUQuota={quota}" in service, variant
+        assert f"MemoryMax={memory}" in service, variant
+        assert f"OnCalendar={calendar}" in rendered[variant]["gpu-proc-collector.timer"].splitlines(), variant
+
+
+@pytest.mark.parametrize("variant", ["default", "full"])
+def test_the_config_template_writes_only_what_the_collector_accepts(
+        rendered: dict[str, dict[str, str]], variant: str, tmp_path: Path) -> None:
+    """The contract through the CLI, whatever its internals: a config key or type the collector does not accept
+    is a usage error (exit 2); without NVML a good config gets as far as collecting (and fails there, exit 1)."""
+    config = tmp_path / "config.json"
+    config.write_text(rendered[variant]["config.json"])
+    assert isinstance(json.loads(config.read_text()), dict)
+    (tmp_path / "host").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "FAKE_NVML_SCENARIO")}
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "--config", str(config), "--stdout", "--host-root", str(tmp_path / "host"),
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
+    assert result.returncode != 2, result.stderr
+    assert "unknown key" not in result.stderr
+    assert "wrong type" not in result.stderr

@@ -2,7 +2,7 @@
 # A booted systemd guest for Molecule: a debootstrapped Debian 12 root (cached, rebuilt when missing), an overlay
 # per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
 # a loopback port. Why nspawn: it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not
-# available and qemu under TCG is ~7x slower (TESTBED.md).
+# available and qemu under TCG is ~7x slower (measured on the 2-core CI machines).
 #
 #   guest.sh create NAME PORT PUBKEY   boot a guest whose sshd listens on 127.0.0.1:PORT
 #   guest.sh destroy NAME              stop it and remove its overlay

@@ -1,4 +1,4 @@
-"""Filters turning the seed's settings into systemd's:
+"""Filters turning the Kubernetes-style settings (cron schedule, resource limits) into systemd's:
 
 - cron_to_oncalendar: the cron schedule ("*/1 * * * *") as a timer's OnCalendar= expression;
 - cpu_quota: a Kubernetes CPU limit ("100m") as CPUQuota= ("10%");

@@ -1,0 +1,93 @@
+"""The role's templates as Ansible renders them: the real `template` action, the role's defaults and vars, its
+filter plugins and `ansible_managed`, run by ansible-playbook on localhost (no host is touched but a temp dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+ROLE = REPO / "roles" / "gpu_proc_collector"
+TEMPLATES = ("gpu-proc-collector.service", "gpu-proc-collector.timer", "config.json")
+# What preflight.yml finds on a host (node_exporter's textfile directory); the templates need it.
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+# Every optional variable set to something other than its default.
+ALL_OPTIONAL: dict[str, Any] = {
+    "gpu_proc_collector_schedule": "*/5 * * * *",
+    "gpu_proc_collector_cpu_limit": "250m",
+    "gpu_proc_collector_memory_limit": "128Mi",
+    "gpu_proc_collector_devices": [0, 2],
+    "gpu_proc_collector_gpu_count": 4,
+    "gpu_proc_collector_textfile_dir": "/srv/textfiles",
+    "gpu_proc_collector_state_dir": "/var/lib/gpc-state",
+    "gpu_proc_collector_install_dir": "/opt/gpc",
+    "gpu_proc_collector_config_dir": "/etc/gpc",
+    "gpu_proc_collector_host_root": "/host",
+    "gpu_proc_collector_pod_resources_socket": "/run/kubelet/pod-resources.sock",
+    "gpu_proc_collector_pod_resources_timeout": 3,
+    "gpu_proc_collector_resource_names": ["example.com/gpu"],
+    "gpu_proc_collector_label_prefix": "k8s_",
+    "gpu_proc_collector_log_level": "debug",
+    "gpu_proc_collector_command_args": True,
+    "gpu_proc_collector_max_process_series": 500,
+    "gpu_proc_collector_timeout_sec": 30,
+}
+
+
+def ansible_playbook() -> str:
+    """ansible-playbook beside this Python (the project's venv), else on PATH; a skip (a failure in CI) if none."""
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    if found:
+        return found
+    message = "ansible-playbook is not installed (pip install -e '.[role]')"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+def render(out: Path) -> dict[str, dict[str, str]]:
+    """Renders every template twice, with the defaults and with ALL_OPTIONAL: {"default"|"full": {name: text}}."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "full.json").write_text(json.dumps(ALL_OPTIONAL))
+    plays = []
+    for variant, extra in (("default", []), ("full", [str(out / "full.json")])):
+        (out / variant).mkdir(exist_ok=True)
+        plays.append({
+            "name": f"Render the role's templates ({variant})",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars_files": [str(ROLE / "defaults" / "main.yml"), *extra, str(ROLE / "vars" / "main.yml")],
+            "vars": {
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "role_path": str(ROLE),
+                "_gpu_proc_collector_textfile_dir": f"{{{{ gpu_proc_collector_textfile_dir or '{TEXTFILE_DIR}' }}}}",
+            },
+            "tasks": [{
+                "name": "Render",
+                "ansible.builtin.template": {"src": str(ROLE / "templates") + "/{{ item }}.j2",
+                                             "dest": str(out / variant) + "/{{ item }}", "mode": "0644"},
+                "loop": list(TEMPLATES),
+            }],
+        })
+    playbook = out / "render.yml"
+    playbook.write_text(json.dumps(plays))  # JSON is YAML
+    env = {**os.environ, "ANSIBLE_FILTER_PLUGINS": str(ROLE / "filter_plugins"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+           "ANSIBLE_RETRY_FILES_ENABLED": "false"}
+    result = subprocess.run([ansible_playbook(), "-i", "localhost,", str(playbook)], capture_output=True,
+                            text=True, env=env, cwd=out, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {variant: {name: (out / variant / name).read_text() for name in TEMPLATES}
+            for variant in ("default", "full")}
