@@ -41,6 +41,9 @@ class Device:
     memory_total: Optional[int]
     memory_used: Optional[int]
     mig: Optional[MigInfo] = None
+    # The physical GPU's minor number (its /dev/nvidia<minor> node; a MIG instance's: its parent's); None when
+    # NVML cannot tell. CDI specs and GKE's device ids name GPUs by it.
+    minor: Optional[int] = None
     # The label of the unit that reports this unit's memory: its own, or, for a compute instance of a GPU
     # instance split into several, the GPU instance's first compute instance (they share one memory pool).
     memory_pool: str = ""

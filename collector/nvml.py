@@ -12,7 +12,7 @@ import ctypes
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import pynvml
@@ -158,8 +158,10 @@ class _Reader:
             entries = self._process_lists(handle)
             per_unit = [(unit, entries)]
             activity = self._activity(handle, uuid, {int(e.pid) for e in entries})
+        minor = _minor(handle)
         # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
-        for unit, unit_entries in per_unit:
+        for read, unit_entries in per_unit:
+            unit = replace(read, minor=minor)
             self.devices.append(unit)
             self.processes.extend(_merge(unit, unit_entries, activity))
 
@@ -308,6 +310,15 @@ def _entries_by_instance(per_handle: Sequence[tuple[Device, list[Any]]]) -> list
             ids = (int(getattr(entry, "gpuInstanceId", NA_ID)), int(getattr(entry, "computeInstanceId", NA_ID)))
             out[by_ids.get(ids, unit.label)].append(entry)
     return [(unit, out[unit.label]) for unit, _ in per_handle]
+
+
+def _minor(handle: Any) -> Optional[int]:
+    """The GPU's minor number (/dev/nvidia<minor>), which CDI specs and GKE's device ids name it by."""
+    try:
+        return int(pynvml.nvmlDeviceGetMinorNumber(handle))
+    except pynvml.NVMLError as err:
+        log.debug("minor number unavailable: %s", err)
+        return None
 
 
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
