@@ -127,6 +127,19 @@ class ProcessRecord:
 
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
 
+# Why a CDI device of a DRA claim could not be placed on this host's GPUs (gpu_proc_collector_cdi_unresolved).
+CDI_UNRESOLVED_REASONS = (
+    "not_found",  # no spec file under etc/cdi or var/run/cdi defines it
+    "unreadable",  # the spec file that would define it cannot be read
+    "malformed",  # that spec file is not JSON / YAML, or not shaped like a CDI spec
+    "yaml_unsupported",  # that spec file uses YAML the collector's reader does not take (docs/allocation.md)
+    "conflict",  # two spec files of the same directory define it
+    "unknown_device",  # it names a GPU or MIG capability this run did not read (not monitored, failed, unknown)
+    "no_gpu_node",  # a GPU driver's device whose spec names no GPU device node
+    "no_cdi_device",  # a GPU driver's claim device that kubelet lists without any CDI device
+    "bad_name",  # not a fully qualified CDI name (vendor/class=name)
+)
+
 
 @dataclass(frozen=True)
 class AttributionFacts:
