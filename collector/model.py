@@ -127,6 +127,21 @@ class ProcessRecord:
 
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
 
+
+@dataclass(frozen=True)
+class AllocationTarget:
+    """What one allocated device stands for on this host: a whole GPU, one MIG instance, or a MIG GPU instance.
+
+    label: the `gpu` label: the unit's own ("0", "4_1_0"); for a whole GPU in MIG mode its index ("4"); for a GPU
+    instance split into several compute instances "<gpu>_<gpu instance>". uuid: the GPU's or MIG instance's UUID;
+    the physical GPU's where the target spans several units. units: the labels of the units it covers.
+    """
+
+    label: str
+    uuid: str
+    units: frozenset[str]
+
+
 # Why a CDI device of a DRA claim could not be placed on this host's GPUs (gpu_proc_collector_cdi_unresolved).
 CDI_UNRESOLVED_REASONS = (
     "not_found",  # no spec file under etc/cdi or var/run/cdi defines it
@@ -139,6 +154,27 @@ CDI_UNRESOLVED_REASONS = (
     "no_cdi_device",  # a GPU driver's claim device that kubelet lists without any CDI device
     "bad_name",  # not a fully qualified CDI name (vendor/class=name)
 )
+
+
+@dataclass(frozen=True)
+class AllocationUse:
+    """One device kubelet allocated to one container, and whether a process of that container used it this run."""
+
+    namespace: str
+    pod: str
+    container: str
+    target: AllocationTarget
+    in_use: bool
+    idle_seconds: float  # since the allocation was last seen in use (or first seen), 0 when in use
+
+
+@dataclass(frozen=True)
+class AllocationView:
+    """kubelet's allocation as this run saw it: counts per container and resource, use per allocated device."""
+
+    devices: Mapping[tuple[str, str, str, str], int]  # (namespace, pod, container, resource) -> distinct devices
+    uses: tuple[AllocationUse, ...]
+    cdi_unresolved: Mapping[str, int]  # distinct CDI device names of claims not placed, by reason
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ def _collect(settings: Settings, previous: State, now: float, started: float,
         idle = _idle_seconds(proc, host, now, previous.last_active, last_active)
         records.append(ProcessRecord(gpu=proc, host=host, owner=owner, idle_seconds=idle, unallocated=unallocated))
 
+    unplaced = {proc.device.label for proc in snapshot.processes if proc.pid not in hosts}
+    allocations, allocation_history = attributor.allocation_view(records, unplaced, previous.allocations, now)
     # GPUs not read this run (failed, filtered out) keep their timestamps for when they come back.
     last_seen = {**previous.last_seen_us, **snapshot.last_seen_us}
     report = Report(
@@ -94,11 +96,13 @@ def _collect(settings: Settings, previous: State, now: float, started: float,
         command_args=settings.command_args,
         max_process_series=settings.max_process_series,
         attribution=attributor.facts(),
+        allocations=allocations,
     )
     return Outcome(
         text=render_report(report),
         ok=True,
-        state=State(last_success=now, last_seen_us=last_seen, last_active=last_active),
+        state=State(last_success=now, last_seen_us=last_seen, last_active=last_active,
+                    allocations=allocation_history),
     )
 
 
