@@ -137,13 +137,14 @@ def test_an_allocation_not_placed_this_run_keeps_its_history() -> None:
 
 
 _IDS = [gpu_uuid(0), f"{gpu_uuid(0)}::1", gpu_uuid(1), PARENT, "MIG-0", "MIG-1", "MIG-2", "nvidia1", "nvidia2/gi1",
-        "GPU-elsewhere", "fpga-0", f"MIG-{PARENT}/2/1"]
+        "GPU-elsewhere", "fpga-0", f"MIG-{PARENT}/2/1",
+        gpu_uuid(0)[:20], f"MIG-{gpu_uuid(1)}", f"GPU-{PARENT}", "MIG-1::x", "nvidia", "nvidia2/gi", "::3", "MIG-0/1/2"]
 _UNITS = [d.label for d in DEVICES]
+_ANY_ID = st.sampled_from(_IDS) | st.text(st.characters(codec="ascii"), min_size=1, max_size=12)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.lists(st.sampled_from(_IDS), max_size=4),
-                       max_size=4),
+@given(st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.lists(_ANY_ID, max_size=4), max_size=4),
        st.lists(st.tuples(st.sampled_from(_UNITS), st.sampled_from(["a", "b", "c", "e", "", "host"]),
                           st.sampled_from(["main", ""])), max_size=8),
        st.sets(st.sampled_from(_UNITS), max_size=2),
@@ -172,8 +173,9 @@ def test_the_allocation_view_claims_only_what_it_knows(allocated: dict[str, list
         for each in filter(None, targets):
             assert each in reported or each.units & (unplaced | {r.gpu.device.label for r in records
                                                                if r.owner.kind == OwnerKind.POD})
-        distinct = {raw.partition("::")[0].replace("/vgpu3", "") for raw in allocated[pod]}
+        distinct = {DeviceRef(raw=raw).device for raw in allocated[pod]}
         assert len(index.devices[("ml", pod, "main", "nvidia.com/gpu")]) == len(distinct)  # replicas: one device
+        assert {f"{gpu_uuid(0)}::1", gpu_uuid(0)} <= set(allocated[pod]) or len(distinct) <= len(set(allocated[pod]))
     assert set(kept) == {(u.namespace, u.pod, u.container, u.target.uuid) for u in found.uses}
     # the process flag: 1 only off an allocation placed in full, 0 only on it, unknown otherwise
     for r in records:
@@ -183,6 +185,45 @@ def test_the_allocation_view_claims_only_what_it_knows(allocated: dict[str, list
         on = any(t is not None and r.gpu.device.label in t.units for t in targets)
         expected = False if on else (True if all(targets) else None)
         assert unallocated(index, r.owner, r.gpu.device.label) is expected
+
+
+_claim_names = st.sampled_from([f"{DRA_KIND}=aa11-gpu-0", f"{DRA_KIND}=aa11-gpu-1", "nvidia.com/gpu=0",
+                                 "nvidia.com/gpu=all", "bad", "", "x/y=z"]) | st.text(max_size=20)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.text(max_size=8), st.sampled_from(["gpu.nvidia.com", "", "nic.example.com"]),
+                          st.text(max_size=8), st.lists(_claim_names, max_size=3)), max_size=4))
+def test_any_dra_answer_is_placed_or_unknown_never_an_exception(tmp_path_factory: Any,
+                                                                 claims: list[tuple[str, str, str, list[str]]]) -> None:
+    """Random claims through a real protobuf round trip, against a host with one good spec and one broken one."""
+    from collector import podresources_v1_pb2 as api  # noqa: PLC0415
+    from collector.podresources import allocations  # noqa: PLC0415
+    from tests.simhost import HostTree  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("dra")
+    tree = HostTree(root)
+    write_spec(tree, claim_spec_path("aa11"), spec(DRA_KIND, [gpu_device("aa11", 0), gpu_device("aa11", 9)]))
+    tree.write("etc/cdi/nvidia.yaml", "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: [&a x]\n")
+    response = api.ListPodResourcesResponse()
+    container = response.pod_resources.add(name="p", namespace="ml").containers.add(name="main")
+    for name, driver, device, cdi in claims:
+        resource = container.dynamic_resources.add(claim_name=name, claim_namespace="ml").claim_resources.add(
+            driver_name=driver, device_name=device)
+        for each in cdi:
+            resource.cdi_devices.add(name=each)
+    wire = api.ListPodResourcesResponse.FromString(response.SerializeToString())
+    index = AllocationIndex(allocations(wire), DEVICES, ClaimResolver(str(root), DEVICES))
+    placed = index.by_container.get(("ml", "p", "main"), set())
+    assert placed <= {"0"}  # aa11-gpu-0 is GPU 0; aa11-gpu-1 and the broken spec's names are never placed
+    names = [n for _, _, _, cdi in claims for n in cdi]
+    if any(n == f"{DRA_KIND}=aa11-gpu-0" for n in names):
+        assert placed == {"0"}
+    broken = {n for n in names if n != f"{DRA_KIND}=aa11-gpu-0"}
+    assert (("ml", "p", "main") in index.incomplete) == bool(broken or any(
+        d == "gpu.nvidia.com" and not cdi for _, d, _, cdi in claims))
+    assert sum(index.cdi_unresolved.values()) >= len(broken) > 0 or not broken
 
 
 # ---- end to end: the CLI, the stand-in NVML, a real gRPC server ----
@@ -380,17 +421,18 @@ def test_a_claim_whose_spec_cannot_be_read_is_unknown_counted_and_never_flagged(
     uid = claim_uid("lost")
     if spec_text is not None:
         host.tree.write(claim_spec_path(uid), spec_text.replace("{uid}", uid))
-    pod = k8s.add_pod("ml", "lost")
-    pod.containers[0].claims.append(Claim("gpu", [f"{DRA_KIND}={uid}-gpu-0"]))
+    pod = k8s.add_pod("ml", "lost", containers=["main", "sidecar"])
+    for container in pod.containers:  # one claim shared by two containers
+        container.claims.append(Claim("gpu", [f"{DRA_KIND}={uid}-gpu-0"]))
     k8s.add_process(700, pod)
     with pod_resources_server(host.socket, k8s.pods):
         result = host.run(scenario([Gpu(0, compute=[proc(700)])]))
     assert result.returncode == 0, result.stderr
     assert result.series("gpu_process_unallocated", pid="700") == []
     assert result.series("gpu_allocation_in_use", pod="lost") == []
-    assert result.value("gpu_proc_collector_cdi_unresolved", reason=reason) == 1
+    assert result.value("gpu_proc_collector_cdi_unresolved", reason=reason) == 1  # one name, however many users
     assert sum(v for _, v in result.metrics["gpu_proc_collector_cdi_unresolved"]) == 1
-    assert result.value("gpu_pod_allocated_devices", pod="lost") == 1  # kubelet said so: a GPU driver's device
+    assert result.value("gpu_pod_allocated_devices", pod="lost", container="main") == 1  # a GPU driver's device
     assert result.stderr.count(f"{uid}-gpu-0") == 1  # logged once
 
 
