@@ -1,27 +1,25 @@
 """Joins a GPU process to its owner, from local sources only, and cross-checks it against kubelet's allocation.
 
 cgroup path -> (pod UID, container id) -> runtime metadata -> (namespace, pod, container) -> pod-resources
-allocation. A pod's process on a GPU or MIG instance kubelet did not allocate to its container is flagged
-(`NVIDIA_VISIBLE_DEVICES=all` and similar escapes), and so is any non-pod process on a device kubelet handed to a
-container.
+allocation (device-plugin ids, and DRA claims through their CDI specs: collector.allocation). A pod's process on a
+GPU or MIG instance kubelet did not allocate to its container is flagged (`NVIDIA_VISIBLE_DEVICES=all` and similar
+escapes), and so is any non-pod process on a device kubelet handed to a container; where a container's allocation
+could not all be placed on this host, its processes off the known part are not flagged either way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from collector import allocation
+from collector.allocation import AllocationIndex, ClaimResolver, History, HistoryKey, target
 from collector.cgroups import parse_cgroup
-from collector.model import AttributionFacts, Device, HostProcess, Owner, OwnerKind
-from collector.podresources import (
-    ContainerAllocation,
-    DeviceRef,
-    PodResourcesUnavailable,
-    allocations,
-    list_pod_resources,
-)
+from collector.model import AllocationView, AttributionFacts, Device, HostProcess, Owner, OwnerKind, ProcessRecord
+from collector.podresources import DeviceRef, PodResourcesUnavailable, allocations, list_pod_resources
 from collector.runtimes import RuntimeMetadata
 
 log = logging.getLogger(__name__)
@@ -29,39 +27,17 @@ log = logging.getLogger(__name__)
 
 def resolve(ref: DeviceRef, devices: Sequence[Device]) -> set[str]:
     """The labels of this host's units a device id stands for (a whole GPU allocated on a MIG GPU: all of it)."""
-    if ref.uuid:
-        if ref.gpu_instance is not None:  # old-style MIG-GPU-<uuid>/<gi>/<ci>
-            return {d.label for d in devices if d.mig and d.gpu_uuid == ref.uuid
-                    and d.mig.gpu_instance_id == ref.gpu_instance
-                    and ref.compute_instance in (None, d.mig.compute_instance_id)}
-        exact = {d.label for d in devices if d.uuid == ref.uuid}
-        return exact or {d.label for d in devices if d.gpu_uuid == ref.uuid}
-    if ref.index is not None:
-        return {d.label for d in devices if d.index == ref.index
-                and (ref.gpu_instance is None or (d.mig is not None and d.mig.gpu_instance_id == ref.gpu_instance))}
-    return set()
+    found = target(ref, devices)
+    return set(found.units) if found else set()
 
 
-class AllocationIndex:
-    def __init__(self, containers: Iterable[ContainerAllocation], devices: Sequence[Device]) -> None:
-        self.by_container: dict[tuple[str, str, str], set[str]] = {}
-        self.by_pod: dict[tuple[str, str], set[str]] = {}
-        self.allocated: set[str] = set()
-        for c in containers:
-            labels: set[str] = set()
-            for ref in c.devices:
-                found = resolve(ref, devices)
-                if not found:
-                    log.debug("pod %s/%s: device %s is not on this host's monitored GPUs", c.namespace, c.pod, ref.raw)
-                labels |= found
-            self.by_container.setdefault((c.namespace, c.pod, c.container), set()).update(labels)
-            self.by_pod.setdefault((c.namespace, c.pod), set()).update(labels)
-            self.allocated |= labels
-
-    def allowed(self, owner: Owner) -> set[str]:
-        if owner.container:
-            return self.by_container.get((owner.namespace, owner.pod, owner.container), set())
-        return self.by_pod.get((owner.namespace, owner.pod), set())
+def unallocated(index: AllocationIndex, owner: Owner, unit: str) -> Optional[bool]:
+    """Whether a pod's process on unit runs outside its container's allocation: None when that allocation could
+    not all be placed on this host and the unit is not in the part that could."""
+    allowed, complete = index.allowed(owner)
+    if unit in allowed:
+        return False
+    return True if complete else None
 
 
 @dataclass(frozen=True)
@@ -90,7 +66,9 @@ class Attributor:
                 if not socket:
                     raise PodResourcesUnavailable("no pod-resources socket configured")
                 response = list_pod_resources(socket, self.settings.pod_resources_timeout)
-                self._index = AllocationIndex(allocations(response, self.settings.resource_names), self.devices)
+                self._index = AllocationIndex(allocations(response, self.settings.resource_names), self.devices,
+                                              ClaimResolver(self.settings.host_root, self.devices),
+                                              self.settings.resource_names)
             except PodResourcesUnavailable as err:
                 log.info("kubelet pod-resources API unavailable, allocation not cross-checked: %s", err)
         return self._index
@@ -119,7 +97,22 @@ class Attributor:
             pod_uid=cg.pod_uid or meta.pod_uid,
             container_id=cg.container_id,
         )
-        return owner, None if index is None else device.label not in index.allowed(owner)
+        return owner, None if index is None else unallocated(index, owner, device.label)
+
+    def allocation_view(self, records: Sequence[ProcessRecord], unplaced: Iterable[str],
+                        previous: Mapping[HistoryKey, History], now: float
+                        ) -> tuple[Optional[AllocationView], dict[HistoryKey, History]]:
+        """Each allocated device's use this run and the history to keep. kubelet is asked even when no process
+        needed it, where its socket exists: an allocated GPU with no process at all is the case to see. Without
+        an answer, the history is kept as it was."""
+        socket = self.settings.pod_resources_socket
+        if not self._api_called and not (socket and os.path.exists(socket)):
+            return None, dict(previous)
+        index = self.index
+        if index is None:
+            return None, dict(previous)
+        uids = allocation.pod_uids(self.settings.host_root, records)
+        return allocation.view(index, records, unplaced, previous=previous, now=now, uids=uids)
 
     def _container_name(self, kind: str, container_id: str, user_uid: str) -> str:
         if kind == OwnerKind.DOCKER:

@@ -12,7 +12,17 @@ from typing import Optional
 from collector import __version__
 from collector.accounting import Ledger
 from collector.exposition import COUNTER, Family, render
-from collector.model import METADATA_MISS_REASONS, AttributionFacts, Device, DeviceActivity, FailedGpu, ProcessRecord
+from collector.model import (
+    CDI_UNRESOLVED_REASONS,
+    METADATA_MISS_REASONS,
+    AllocationUse,
+    AllocationView,
+    AttributionFacts,
+    Device,
+    DeviceActivity,
+    FailedGpu,
+    ProcessRecord,
+)
 from collector.redact import args_label
 from collector.settings import DEFAULTS
 
@@ -38,11 +48,13 @@ class Report:
     command_args: bool = DEFAULTS.command_args
     # Processes beyond this many get no series of their own: the largest memory holders keep theirs, the rest
     # are summed per device and owner (cardinality budget of one node).
+    # Allocated devices share that budget: they get the series the processes leave (unused ones first).
     max_process_series: int = DEFAULTS.max_process_series
     attribution: Optional[AttributionFacts] = None
     activity: Mapping[str, DeviceActivity] = field(default_factory=dict)  # GPM, by device label
     energy_mj: Mapping[str, int] = field(default_factory=dict)  # since the driver loaded, by GPU UUID
     ledger: Optional[Ledger] = None  # accounting counters
+    allocations: Optional[AllocationView] = None  # None: kubelet's pod-resources API did not answer this run
 
 
 def status(record: ProcessRecord) -> str:
@@ -132,6 +144,21 @@ class _ReportFamilies:
             "gpu_process_unallocated",
             "1 if the process runs on a GPU or MIG instance that kubelet did not allocate to its container.",
             ["gpu", "gpu_uuid", "pid", *k8s])
+        self.allocated = gauge(
+            "gpu_pod_allocated_devices",
+            "GPUs and MIG instances kubelet allocated to the container, per extended resource or DRA driver: "
+            "distinct devices, so time-slicing or MPS replicas of one GPU (<id>::<n>) count as one device.",
+            [*k8s, "resource"])
+        self.in_use = gauge(
+            "gpu_allocation_in_use",
+            "1 if a process of the container ran on the GPU or MIG instance kubelet allocated to it this run, 0 if "
+            "none did; absent where that cannot be told (a process of unknown owner on it).",
+            ["gpu", "gpu_uuid", *k8s])
+        self.allocation_idle = gauge(
+            "gpu_allocation_idle_seconds",
+            "Seconds the allocated GPU or MIG instance has gone without a process of its container, counted from "
+            "the first run that saw it so (0 while in use).",
+            ["gpu", "gpu_uuid", *k8s])
         self.device_info = gauge("gpu_device_info", "A monitored GPU or MIG instance (value 1).",
                                  ["gpu", "gpu_uuid", "name", "mig_profile", "parent_gpu_uuid"])
         self.device_total = gauge("gpu_device_memory_total_bytes", "Memory of the GPU or MIG instance.",
@@ -204,6 +231,14 @@ class _ReportFamilies:
         self.metadata_misses = gauge(
             "gpu_proc_collector_metadata_misses",
             "Container lookups this run that found no usable runtime metadata file, by reason.", ["reason"])
+        self.allocation_series_dropped = gauge(
+            "gpu_proc_collector_allocation_series_dropped",
+            "Allocated devices that got no gpu_allocation_* series this run (the per-node series budget was spent "
+            "on processes first).")
+        self.cdi_unresolved = gauge(
+            "gpu_proc_collector_cdi_unresolved",
+            "CDI devices of DRA claims that this run could not place on this host's GPUs, by reason (their "
+            "containers' allocation is then unknown, never flagged).", ["reason"])
 
     def _gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Family:
         return self._declare(Family(name, help_text, labels))
@@ -260,6 +295,20 @@ class _ReportFamilies:
         if record.unallocated is not None:
             self.unallocated.add([gpu, device.uuid, pid, *k8s], 1.0 if record.unallocated else 0.0)
 
+    def add_allocations(self, allocations: AllocationView, budget: int) -> None:
+        """The allocation families. budget: how many allocated devices may have series of their own."""
+        for (namespace, pod, container, resource), count in allocations.devices.items():
+            self.allocated.add([label_value(v) for v in (pod, namespace, container, resource)], float(count))
+        ranked = sorted(allocations.uses, key=_unused_first)
+        for use in sorted(ranked[:budget], key=_by_labels):
+            labels = [use.target.label, use.target.uuid, *(label_value(v) for v in (use.pod, use.namespace,
+                                                                                    use.container))]
+            self.in_use.add(labels, 1.0 if use.in_use else 0.0)
+            self.allocation_idle.add(labels, round(use.idle_seconds, 3))
+        self.allocation_series_dropped.add((), float(max(0, len(ranked) - budget)))
+        for reason in CDI_UNRESOLVED_REASONS:
+            self.cdi_unresolved.add((reason,), float(allocations.cdi_unresolved.get(reason, 0)))
+
     def add_device(self, device: Device, processes: int, accounted: int) -> None:
         ids = [device.label, device.uuid]
         self.count.add([device.label], float(processes))
@@ -300,6 +349,15 @@ def _by_memory(record: ProcessRecord) -> tuple[int, int]:
     return (-(record.gpu.used_memory or 0), record.gpu.pid)
 
 
+def _by_labels(use: AllocationUse) -> tuple[str, str, str, str]:
+    return (use.namespace, use.pod, use.container, use.target.label)
+
+
+def _unused_first(use: AllocationUse) -> tuple[bool, float, tuple[str, str, str, str]]:
+    """Over the budget, the unused allocations keep their series, the longest unused first."""
+    return (use.in_use, -use.idle_seconds, _by_labels(use))
+
+
 def _report_families(report: Report) -> list[Family]:
     f = _ReportFamilies(report.label_prefix, report.command_args)
     per_device: dict[str, int] = {d.label: 0 for d in report.devices}
@@ -332,4 +390,6 @@ def _report_families(report: Report) -> list[Family]:
             f.add_activity(by_label[label], activity)
     f.add_run_facts(report)
     f.add_accounting(report)
+    if report.allocations is not None:
+        f.add_allocations(report.allocations, max(0, report.max_process_series - len(records)))
     return [*_self_families(True, report.timestamp, report.duration, report.driver_version), *f.declared]

@@ -47,6 +47,9 @@ class Device:
     memory_total: Optional[int]
     memory_used: Optional[int]
     mig: Optional[MigInfo] = None
+    # The physical GPU's minor number (its /dev/nvidia<minor> node; a MIG instance's: its parent's); None when
+    # NVML cannot tell. CDI specs and GKE's device ids name GPUs by it.
+    minor: Optional[int] = None
     # The label of the unit that reports this unit's memory: its own, or, for a compute instance of a GPU
     # instance split into several, the GPU instance's first compute instance (they share one memory pool).
     memory_pool: str = ""
@@ -155,6 +158,55 @@ class ProcessRecord:
 
 
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
+
+
+@dataclass(frozen=True)
+class AllocationTarget:
+    """What one allocated device stands for on this host: a whole GPU, one MIG instance, or a MIG GPU instance.
+
+    label: the `gpu` label: the unit's own ("0", "4_1_0"); for a whole GPU in MIG mode its index ("4"); for a GPU
+    instance split into several compute instances "<gpu>_<gpu instance>". uuid: the GPU's or MIG instance's UUID;
+    the physical GPU's where the target spans several units. units: the labels of the units it covers.
+    """
+
+    label: str
+    uuid: str
+    units: frozenset[str]
+
+
+# Why a CDI device of a DRA claim could not be placed on this host's GPUs (gpu_proc_collector_cdi_unresolved).
+CDI_UNRESOLVED_REASONS = (
+    "not_found",  # no spec file under etc/cdi or var/run/cdi defines it
+    "unreadable",  # the spec file that would define it cannot be read
+    "malformed",  # that spec file is not JSON / YAML, or not shaped like a CDI spec
+    "yaml_unsupported",  # that spec file uses YAML the collector's reader does not take (docs/allocation.md)
+    "conflict",  # two spec files of the same directory define it
+    "unknown_device",  # it names a GPU or MIG capability this run did not read (not monitored, failed, unknown)
+    "no_gpu_node",  # a GPU driver's device whose spec names no GPU device node
+    "no_cdi_device",  # a GPU driver's claim device that kubelet lists without any CDI device
+    "bad_name",  # not a fully qualified CDI name (vendor/class=name)
+)
+
+
+@dataclass(frozen=True)
+class AllocationUse:
+    """One device kubelet allocated to one container, and whether a process of that container used it this run."""
+
+    namespace: str
+    pod: str
+    container: str
+    target: AllocationTarget
+    in_use: bool
+    idle_seconds: float  # since the allocation was last seen in use (or first seen), 0 when in use
+
+
+@dataclass(frozen=True)
+class AllocationView:
+    """kubelet's allocation as this run saw it: counts per container and resource, use per allocated device."""
+
+    devices: Mapping[tuple[str, str, str, str], int]  # (namespace, pod, container, resource) -> distinct devices
+    uses: tuple[AllocationUse, ...]
+    cdi_unresolved: Mapping[str, int]  # distinct CDI device names of claims not placed, by reason
 
 
 @dataclass(frozen=True)

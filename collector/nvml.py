@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import pynvml
@@ -172,8 +172,10 @@ class _Reader:
             per_unit = [(unit, entries)]
             activity = self._activity(handle, uuid, {int(e.pid) for e in entries})
         energy = _energy(handle)
+        minor = _minor(handle)
         # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
-        for unit, unit_entries in per_unit:
+        for read, unit_entries in per_unit:
+            unit = replace(read, minor=minor)
             self.devices.append(unit)
             self.processes.extend(_merge(unit, unit_entries, activity))
         if energy is not None:
@@ -543,6 +545,15 @@ def _gpm_metrics(first: Any, second: Any, seconds: float) -> Optional[DeviceActi
         ok = metric.nvmlReturn == pynvml.NVML_SUCCESS and 0.0 <= value <= 100.0  # NaN compares False
         values[name] = value if ok else None
     return DeviceActivity(seconds=round(seconds, 6), **values)
+
+
+def _minor(handle: Any) -> Optional[int]:
+    """The GPU's minor number (/dev/nvidia<minor>), which CDI specs and GKE's device ids name it by."""
+    try:
+        return int(pynvml.nvmlDeviceGetMinorNumber(handle))
+    except pynvml.NVMLError as err:
+        log.debug("minor number unavailable: %s", err)
+        return None
 
 
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:

@@ -13,7 +13,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ GPU_RESOURCES = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 _GKE = re.compile(r"^nvidia(?P<index>[0-9]+)(?:/gi(?P<gi>[0-9]+))?(?:/vgpu[0-9]+)?$")
 _OLD_MIG = re.compile(r"^MIG-(?P<parent>GPU-[0-9a-fA-F-]+)/(?P<gi>[0-9]+)/(?P<ci>[0-9]+)$")
+_SHARED_SUFFIX = re.compile(r"/vgpu[0-9]+$")
+GPU_DRA_DRIVERS = ("gpu.nvidia.com",)  # NVIDIA's DRA driver (k8s-dra-driver-gpu cmd/gpu-kubelet-plugin)
 
 
 class PodResourcesUnavailable(Exception):
@@ -34,8 +36,10 @@ class PodResourcesUnavailable(Exception):
 class DeviceRef:
     """A device id as kubelet lists it, in the shapes NVIDIA's device plugin and GKE write.
 
-    uuid: a GPU- or MIG- UUID; or index (+ gpu_instance) for GKE's nvidia<N>[/gi<M>]; replica: the time-slicing or
-    MPS replica number of `<id>::<n>`, None otherwise.
+    uuid: a GPU- or MIG- UUID; or index (+ gpu_instance) for GKE's nvidia<N>[/gi<M>], where N is the GPU's
+    /dev/nvidia<N> minor number (GKE's device plugin names devices after their device files); replica: the
+    time-slicing or MPS replica number of `<id>::<n>`, None otherwise. resource: the extended resource it was
+    allocated as ("" when parsed on its own). An id of no known shape has only raw (and resource).
     """
 
     raw: str
@@ -44,6 +48,13 @@ class DeviceRef:
     gpu_instance: Optional[int] = None
     compute_instance: Optional[int] = None
     replica: Optional[int] = None
+    resource: str = ""
+
+    @property
+    def device(self) -> str:
+        """The underlying device: the id without its sharing suffix (`::<n>`, GKE's `/vgpu<n>`). Replicas of
+        one GPU are one device."""
+        return _SHARED_SUFFIX.sub("", self.raw.partition("::")[0])
 
 
 def parse_device_id(raw: str) -> Optional[DeviceRef]:
@@ -67,15 +78,35 @@ def is_gpu_resource(name: str, extra: Iterable[str] = ()) -> bool:
 
 
 @dataclass(frozen=True)
+class ClaimDevice:
+    """One device of a DRA claim as kubelet lists it (ClaimResource): the driver/pool/device triplet (empty
+    before Kubernetes 1.31) and the CDI device names the runtime applied."""
+
+    claim: str  # "<claim namespace>/<claim name>"
+    driver: str
+    pool: str
+    device: str
+    cdi_devices: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What makes it one device: the triplet, or its CDI names where kubelet gives no triplet. Shares of
+        one device (share_id, consumable capacity) are one device."""
+        return (self.driver, self.pool, self.device) if self.device else self.cdi_devices
+
+
+@dataclass(frozen=True)
 class ContainerAllocation:
     namespace: str
     pod: str
     container: str
-    devices: tuple[DeviceRef, ...]
+    devices: tuple[DeviceRef, ...]  # device-plugin ids of GPU resources
+    claims: tuple[ClaimDevice, ...] = ()  # devices of DRA claims, whatever their driver
 
 
 def allocations(response: Any, resource_names: Iterable[str] = ()) -> list[ContainerAllocation]:
-    """The GPU devices of every container in a ListPodResourcesResponse."""
+    """The GPU device-plugin devices and the DRA claim devices of every container in a
+    ListPodResourcesResponse."""
     extra = tuple(resource_names)
     found = []
     for pod in response.pod_resources:
@@ -85,14 +116,21 @@ def allocations(response: Any, resource_names: Iterable[str] = ()) -> list[Conta
                 if not is_gpu_resource(devices.resource_name, extra):
                     continue
                 for device_id in devices.device_ids:
+                    if not device_id:
+                        continue
                     ref = parse_device_id(device_id)
                     if ref is None:
-                        log.info("pod %s/%s: device id %r of %s has no known shape", pod.namespace, pod.name,
-                                 device_id, devices.resource_name)
-                    else:
-                        refs.append(ref)
-            if refs:
-                found.append(ContainerAllocation(pod.namespace, pod.name, container.name, tuple(refs)))
+                        log.info("pod %s/%s: device id %r of %s has no known shape (its container's allocation is "
+                                 "not fully known)", pod.namespace, pod.name, device_id, devices.resource_name)
+                        ref = DeviceRef(raw=device_id)
+                    refs.append(replace(ref, resource=devices.resource_name))
+            claims = [ClaimDevice(claim=f"{dynamic.claim_namespace}/{dynamic.claim_name}", driver=r.driver_name,
+                                  pool=r.pool_name, device=r.device_name,
+                                  cdi_devices=tuple(d.name for d in r.cdi_devices))
+                      for dynamic in container.dynamic_resources for r in dynamic.claim_resources]
+            if refs or claims:
+                found.append(ContainerAllocation(pod.namespace, pod.name, container.name, tuple(refs),
+                                                 tuple(claims)))
     return found
 
 

@@ -92,6 +92,8 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         last_success=previous.last_success, now=now,
         nominal_interval=settings.interval or settings.nominal_interval)
     records = [replace(r, sm_seconds_total=ledger.processes[r.key]) for r in records]
+    unplaced = {proc.device.label for proc in snapshot.processes if proc.pid not in hosts}
+    allocations, allocation_history = attributor.allocation_view(records, unplaced, previous.allocations, now)
     # GPUs not read this run (failed, filtered out) keep their timestamps for when they come back.
     last_seen = {**previous.last_seen_us, **snapshot.last_seen_us}
     report = Report(
@@ -109,11 +111,13 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         activity=snapshot.activity,
         energy_mj=snapshot.energy_mj,
         ledger=ledger,
+        allocations=allocations,
     )
     return Outcome(
         text=render_report(report),
         ok=True,
-        state=State(last_success=now, last_seen_us=last_seen, last_active=last_active, ledger=ledger),
+        state=State(last_success=now, last_seen_us=last_seen, last_active=last_active, ledger=ledger,
+                    allocations=allocation_history),
     )
 
 

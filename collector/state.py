@@ -4,6 +4,9 @@
 - per process (GPU UUID, PID and start time, so a reused PID is a new process) when it was last seen active;
 - when the last successful collection ended, which a failed run carries over into its file;
 - the accounting counters per owner and process, and each GPU's last energy reading (collector.accounting).
+- per device kubelet allocated to a container (namespace, pod, container and device UUID: kubelet's List names no
+  pod UID) since when it has gone without a process of that container, with the pod's UID where the host's files
+  tell it, so a new pod under an old name starts afresh. A file without it loads with no allocation history.
 
 A missing, corrupt or newer-format file is logged and replaced: it costs one interval of history, never a run.
 """
@@ -18,6 +21,7 @@ from typing import Any, Optional
 
 from collector import accounting
 from collector.accounting import Ledger
+from collector.allocation import History, HistoryKey
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,7 @@ class State:
     last_seen_us: dict[str, int] = field(default_factory=dict)
     last_active: dict[str, float] = field(default_factory=dict)
     ledger: Ledger = field(default_factory=Ledger)  # accounting counters (collector.accounting)
+    allocations: dict[HistoryKey, History] = field(default_factory=dict)
 
 
 def _number(value: Any) -> Optional[float]:
@@ -66,7 +71,28 @@ def load(state_dir: str) -> State:
         last_active={str(k): float(v) for k, v in (active.items() if isinstance(active, dict) else ())
                      if _number(v) is not None},
         ledger=accounting.from_json(raw.get("accounting")),
+        allocations=_allocations(raw.get("allocations"), path),
     )
+
+
+ALLOCATION_FIELDS = ("namespace", "pod", "container", "device")
+
+
+def _allocations(raw: Any, path: str) -> dict[HistoryKey, History]:
+    """The allocation history: a list of objects (written by this version; absent from files of older ones).
+    Entries of the wrong shape are left out one by one."""
+    out: dict[HistoryKey, History] = {}
+    if raw is None:
+        log.info("state file %s has no allocation history (an older collector wrote it); allocated GPUs' idle "
+                 "times count from this run", path)
+    for entry in raw if isinstance(raw, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        key = tuple(entry.get(name) for name in ALLOCATION_FIELDS)
+        since, uid = _number(entry.get("idle_since")), entry.get("pod_uid", "")
+        if all(isinstance(k, str) for k in key) and since is not None and isinstance(uid, str):
+            out[(str(key[0]), str(key[1]), str(key[2]), str(key[3]))] = History(since, uid)
+    return out
 
 
 def save(state_dir: str, state: State) -> None:
@@ -77,6 +103,8 @@ def save(state_dir: str, state: State) -> None:
         "last_seen_us": state.last_seen_us,
         "last_active": state.last_active,
         "accounting": accounting.to_json(state.ledger),
+        "allocations": [{**dict(zip(ALLOCATION_FIELDS, key)), "idle_since": history.idle_since,
+                         "pod_uid": history.pod_uid} for key, history in sorted(state.allocations.items())],
     }
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)

@@ -39,10 +39,23 @@ def static_pod_uid(seed: str) -> str:
 
 
 @dataclass
+class Claim:
+    """A DRA claim's device as kubelet lists it in ContainerResources.dynamic_resources (api.proto ClaimResource)."""
+
+    name: str
+    cdi_devices: list[str]
+    driver: str = "gpu.nvidia.com"
+    pool: str = "node-1"
+    device: str = "gpu-0"
+    namespace: str = ""  # "" -> the pod's
+
+
+@dataclass
 class Container:
     name: str
     id: str
     devices: list[tuple[str, list[str]]] = field(default_factory=list)  # (resource name, device ids)
+    claims: list[Claim] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +180,13 @@ def list_response(pods: Sequence[Pod]) -> api.ListPodResourcesResponse:
             pc.cpu_ids.extend([0, 1])
             for resource, ids in c.devices:
                 pc.devices.add(resource_name=resource, device_ids=ids)
+            for claim in c.claims:
+                dynamic = pc.dynamic_resources.add(claim_name=claim.name,
+                                                   claim_namespace=claim.namespace or pod.namespace)
+                resource = dynamic.claim_resources.add(driver_name=claim.driver, pool_name=claim.pool,
+                                                       device_name=claim.device)
+                for name in claim.cdi_devices:
+                    resource.cdi_devices.add(name=name)
     return response
 
 

@@ -114,6 +114,7 @@ class Gpu:
     energy_epoch_s: Optional[float] = None  # None: the scenario file's mtime (moves whenever it is rewritten)
     gpu_instances: Optional[list[dict[str, Any]]] = None  # MIG GPU instances' shared memory, see gpu_instance()
     ci_lists_gi_processes: bool = False
+    minor: Optional[int] = None  # /dev/nvidia<minor>; the stand-in's default is the index
 
     def scenario(self) -> dict[str, Any]:
         listed = [p.get("used_memory") or 0 for p in self.compute + self.graphics + self.mps]
@@ -138,6 +139,8 @@ class Gpu:
                 device["mig"]["ci_lists_gi_processes"] = True
         if self.memory_reserved:
             device["memory"]["reserved"] = self.memory_reserved
+        if self.minor is not None:
+            device["minor"] = self.minor
         optional = {"utilization_shape": self.utilization_shape,
                     "utilization_size_answer": self.utilization_size_answer,
                     "utilization_fill_count": self.utilization_fill_count, "gpm": self.gpm}

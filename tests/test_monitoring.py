@@ -135,6 +135,8 @@ WORKLOADS = [
     Workload(131, "4_5_0", "vision", "ocr", 2, (), mig_uuid(4, 3)),
 ]
 UNITS = ["0", "1", "2", "3", *MIG_UNITS]
+# Pods kubelet gave a GPU that run no process: (namespace, pod, device id). GPU 3 is reserved and idle.
+RESERVED = [("research", "reserved", gpu_uuid(3))]
 
 
 def unit_total_gib(unit: str) -> int:
@@ -152,6 +154,8 @@ def build(host: Host, workloads: list[Workload]) -> tuple[dict[str, Any], PodHos
             resource = "nvidia.com/mig-1g.10gb" if w.mig else "nvidia.com/gpu"
             pod.containers[0].devices.append((resource, [w.allocated_to]))
         k8s.add_process(w.pid, pod)
+    for namespace, name, device in RESERVED:
+        k8s.add_pod(namespace, name).containers[0].devices.append(("nvidia.com/gpu", [device]))
     gpus = []
     for index in range(4):
         mine = [w for w in workloads if w.unit == str(index)]
@@ -181,6 +185,21 @@ def expected_unallocated(workloads: list[Workload]) -> set[str]:
     allocated = {allocated_unit(w) for w in workloads} - {None}
     return {str(w.pid) for w in workloads
             if (w.pod and allocated_unit(w) != w.unit) or (not w.pod and w.unit in allocated)}
+
+
+def expected_in_use(workloads: list[Workload]) -> dict[str, float]:
+    """Per pod with an allocation: 1 if its process runs on the allocated unit; the reserved pods run none."""
+    found = {w.pod: 1.0 if allocated_unit(w) == w.unit else 0.0 for w in workloads if w.allocated_to}
+    return {**found, **{pod: 0.0 for _, pod, _ in RESERVED}}
+
+
+def expected_unused(workloads: list[Workload]) -> dict[str, float]:
+    unused: dict[str, float] = {}
+    pods = {w.pod: w.namespace for w in workloads} | {pod: ns for ns, pod, _ in RESERVED}
+    for pod, used in expected_in_use(workloads).items():
+        if not used:
+            unused[pods[pod]] = unused.get(pods[pod], 0.0) + 1
+    return unused
 
 
 def expected_counts(workloads: list[Workload]) -> dict[str, float]:
@@ -220,6 +239,20 @@ def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(h
     stack.wait(lambda: bool(stack.query("namespace:gpu_process_memory_bytes:sum")), "the recording rules")
     assert stack.by("namespace:gpu_process_memory_bytes:sum", "namespace")["ml"] == ml_bytes
 
+    # Allocated but unused: every allocated pod, its use, per namespace, and the dashboard's lists.
+    allocated = {w.pod: 1.0 for w in WORKLOADS if w.allocated_to} | {pod: 1.0 for _, pod, _ in RESERVED}
+    assert stack.by("gpu_pod_allocated_devices", "pod") == allocated
+    assert stack.by("gpu_allocation_in_use", "pod") == expected_in_use(WORKLOADS)
+    assert expected_in_use(WORKLOADS)["sneaky"] == 0  # its process runs on GPU 0, its GPU 2 has none of its own
+    assert stack.by("gpu_allocation_in_use", "gpu") == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0, "4_1_0": 1.0,
+                                                        "4_5_0": 1.0}
+    stack.wait(lambda: bool(stack.query("namespace:gpu_allocation_unused:count")), "the allocation rule")
+    assert stack.by("namespace:gpu_allocation_unused:count", "namespace") == expected_unused(WORKLOADS) == {
+        "ml": 1.0, "research": 1.0}
+    panels = dict(dashboard_queries())
+    assert set(stack.by(panels["Allocated but unused GPUs"], "pod")) == {"sneaky", "reserved"}
+    assert stack.by(panels["Pods with active GPU processes"], "pod") == active
+
     for title, expr in dashboard_queries():
         assert stack.query(expr), f"panel {title!r}: {expr} returned no series"
 
@@ -237,6 +270,14 @@ def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(h
             assert stack.query(f'{family}{{pid="{pid}"}}') == []
     assert stack.by("sum by (gpu) (gpu_process_count)", "gpu") == expected_counts(fewer)
     assert set(stack.by("gpu_process_unallocated == 1", "pid")) == expected_unallocated(fewer) == set()
+    # sneaky and nb-1 are gone from kubelet's answer too: their allocations vanish; reserved's idle time grew
+    stack.wait(lambda: "sneaky" not in stack.by("gpu_allocation_in_use", "pod"), "the allocation series to go")
+    assert stack.by("gpu_allocation_in_use", "pod") == expected_in_use(fewer)
+    assert expected_unused(fewer) == {"research": 1.0}
+    stack.wait(lambda: stack.by("namespace:gpu_allocation_unused:count", "namespace") == expected_unused(fewer),
+               "the allocation rule's next evaluation")
+    assert set(stack.by(panels["Allocated but unused GPUs"], "pod")) == {"reserved"}
+    assert stack.by("gpu_allocation_idle_seconds", "pod")["reserved"] > 0  # kept in the state across the runs
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -255,6 +296,7 @@ def test_dashboard_has_the_seed_panels_and_template_variables() -> None:
     assert any("gpu_process_count" in e for e in exprs)
     assert any(e.startswith("avg by (namespace) (gpu_process_utilization") for e in exprs)
     assert any(e.startswith("gpu_process_memory_utilization") for e in exprs)
+    assert any(e.startswith("count by (pod) (gpu_process_info{") and 'status="active"' in e for e in exprs)
     assert {p["type"] for p in dashboard["panels"]} >= {"timeseries", "heatmap", "table"}
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
