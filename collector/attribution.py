@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from collector.cgroups import parse_cgroup
 from collector.model import AttributionFacts, Device, HostProcess, Owner, OwnerKind
@@ -64,8 +63,7 @@ class AllocationIndex:
         return self.by_pod.get((owner.namespace, owner.pod), set())
 
 
-@dataclass(frozen=True)
-class AttributionSettings:
+class AttributionSettings(NamedTuple):
     host_root: str  # runtime metadata and kubelet's files are read under it
     pod_resources_socket: str  # "" when there is none to call
     pod_resources_timeout: float  # seconds

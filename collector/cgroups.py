@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 H64 = r"[0-9a-f]{64}"
 UID = (r"(?P<pod_uid>[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
@@ -43,8 +42,7 @@ _CGROUPNS_PREFIX = re.compile(r"^(?:/\.\.)+(?=/)")
 _QOS = re.compile(r"kubepods[-/](besteffort|burstable)(?:[./]|$)")
 
 
-@dataclass(frozen=True)
-class CgroupOwner:
+class CgroupOwner(NamedTuple):
     """What the cgroup path alone tells. kind: pod, docker, podman, systemd, slurm or host."""
 
     kind: str

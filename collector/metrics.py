@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from collector import __version__
 from collector.exposition import Family, render
@@ -22,8 +21,7 @@ SEED_INFO_LABELS = ["gpu", "pid", "command", "pod", "namespace", "container", "s
 SEED_UTIL_LABELS = ["gpu", "pid", "command", "pod", "namespace"]
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """Everything one successful run exposes."""
 
     driver_version: str

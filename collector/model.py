@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 
 class OwnerKind:
@@ -22,20 +21,18 @@ class OwnerKind:
 OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.SYSTEMD, OwnerKind.SLURM, OwnerKind.HOST)
 
 
-@dataclass(frozen=True)
-class MigInfo:
+class MigInfo(NamedTuple):
     gpu_instance_id: int
     compute_instance_id: int
     profile: str
     parent_uuid: str
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
 
     label: str  # the seed's `gpu` label: "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
-    index: int  # the physical GPU's NVML index
+    index: int  # type: ignore[assignment]  # the physical GPU's NVML index (shadows tuple.index, as meant)
     uuid: str  # GPU-… or MIG-…
     name: str
     memory_total: Optional[int]
@@ -55,15 +52,13 @@ class Device:
         return self.mig.parent_uuid if self.mig else self.uuid
 
 
-@dataclass(frozen=True)
-class FailedGpu:
-    index: int
+class FailedGpu(NamedTuple):
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as meant
     uuid: str  # "" when NVML could not tell
     reason: str
 
 
-@dataclass(frozen=True)
-class GpuProcess:
+class GpuProcess(NamedTuple):
     """One PID on one device as NVML lists it, its lists merged (compute, graphics, MPS)."""
 
     pid: int
@@ -73,8 +68,7 @@ class GpuProcess:
     active: Optional[bool]  # SM activity seen in the interval; None where not measurable
 
 
-@dataclass(frozen=True)
-class NvmlSnapshot:
+class NvmlSnapshot(NamedTuple):
     driver_version: str
     devices: tuple[Device, ...]
     processes: tuple[GpuProcess, ...]
@@ -82,11 +76,10 @@ class NvmlSnapshot:
     # Wall-clock time (s) once every process list was read: a PID whose /proc start time is later is a reused PID.
     listed_at: float = 0.0
     # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
-    last_seen_us: dict[str, int] = field(default_factory=dict)
+    last_seen_us: dict[str, int] = {}  # noqa: RUF012 - records are never changed, so sharing it is safe
 
 
-@dataclass(frozen=True)
-class HostProcess:
+class HostProcess(NamedTuple):
     """What /proc says about a PID."""
 
     pid: int
@@ -96,8 +89,7 @@ class HostProcess:
     cmdline: tuple[str, ...] = ()  # read only when the operator opts in to the args label
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """Who a process belongs to. kind: one of OWNER_KINDS."""
 
     kind: str = OwnerKind.HOST
@@ -109,8 +101,7 @@ class Owner:
     container_id: str = ""
 
 
-@dataclass(frozen=True)
-class ProcessRecord:
+class ProcessRecord(NamedTuple):
     """A GPU process described and attributed: what the metrics are rendered from."""
 
     gpu: GpuProcess
@@ -125,8 +116,7 @@ class ProcessRecord:
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
 
 
-@dataclass(frozen=True)
-class AttributionFacts:
+class AttributionFacts(NamedTuple):
     """What attribution learnt about its own sources this run, for the self metrics."""
 
     pod_resources_up: Optional[bool]  # kubelet's List answered; None when it was not needed (no process to check)

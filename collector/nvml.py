@@ -12,8 +12,7 @@ import ctypes
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import pynvml
 
@@ -49,8 +48,7 @@ class _ProcessInfoR535(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     pid: int
     usedGpuMemory: Optional[int]  # the names pynvml's entries carry
     gpuInstanceId: int = NA_ID
@@ -118,20 +116,19 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-@dataclass
-class _Options:
+class _Options(NamedTuple):
     devices: Optional[Collection[int]]
     last_seen_us: Mapping[str, int]
     now_us: int
 
 
-@dataclass
 class _Reader:
-    options: _Options
-    devices: list[Device] = field(default_factory=list)
-    processes: list[GpuProcess] = field(default_factory=list)
-    failed: list[FailedGpu] = field(default_factory=list)
-    last_seen_us: dict[str, int] = field(default_factory=dict)
+    def __init__(self, options: _Options) -> None:
+        self.options = options
+        self.devices: list[Device] = []
+        self.processes: list[GpuProcess] = []
+        self.failed: list[FailedGpu] = []
+        self.last_seen_us: dict[str, int] = {}
 
     def read_gpu(self, index: int) -> None:
         uuid = ""
@@ -260,8 +257,7 @@ class _Reader:
         return time_weighted(kept)
 
 
-@dataclass(frozen=True)
-class Activity:
+class Activity(NamedTuple):
     sm_percent: float  # time-weighted mean SM % over the process's kept entries
     active: bool  # some kept entry shows SM activity
 

@@ -13,8 +13,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,7 @@ class PodResourcesUnavailable(Exception):
     """The API could not be used this run; the message says why in one line."""
 
 
-@dataclass(frozen=True)
-class DeviceRef:
+class DeviceRef(NamedTuple):
     """A device id as kubelet lists it, in the shapes NVIDIA's device plugin and GKE write.
 
     uuid: a GPU- or MIG- UUID; or index (+ gpu_instance) for GKE's nvidia<N>[/gi<M>]; replica: the time-slicing or
@@ -40,7 +38,7 @@ class DeviceRef:
 
     raw: str
     uuid: str = ""
-    index: Optional[int] = None
+    index: Optional[int] = None  # type: ignore[assignment]  # shadows tuple.index, as meant
     gpu_instance: Optional[int] = None
     compute_instance: Optional[int] = None
     replica: Optional[int] = None
@@ -66,8 +64,7 @@ def is_gpu_resource(name: str, extra: Iterable[str] = ()) -> bool:
     return name in GPU_RESOURCES or name.startswith(MIG_RESOURCE_PREFIX) or name in set(extra)
 
 
-@dataclass(frozen=True)
-class ContainerAllocation:
+class ContainerAllocation(NamedTuple):
     namespace: str
     pod: str
     container: str

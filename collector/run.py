@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from collector import nvml, procfs
 from collector.attribution import AttributionSettings, Attributor
@@ -30,8 +29,7 @@ DROP_REASONS = (
 )
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     text: bytes
     ok: bool
     state: State  # what to save once the file is written

@@ -18,8 +18,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ KUBELET_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kub
                 "io.kubernetes.container.name")
 
 
-@dataclass(frozen=True)
-class ContainerMeta:
+class ContainerMeta(NamedTuple):
     pod: str
     namespace: str
     pod_uid: str

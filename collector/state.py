@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from collector.textfile import WriteError, atomic_write
 
@@ -23,11 +22,12 @@ STATE_VERSION = 1
 STATE_FILE = "state.json"
 
 
-@dataclass
-class State:
+class State(NamedTuple):
+    """Never changed once made (the defaults are shared): a run builds the next one."""
+
     last_success: Optional[float] = None
-    last_seen_us: dict[str, int] = field(default_factory=dict)
-    last_active: dict[str, float] = field(default_factory=dict)
+    last_seen_us: dict[str, int] = {}  # noqa: RUF012
+    last_active: dict[str, float] = {}  # noqa: RUF012
 
 
 def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
