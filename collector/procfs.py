@@ -54,20 +54,21 @@ def printable(text: str) -> str:
 
 
 def _read(path: str) -> bytes:
-    """The whole file, read until end of file (the kernel may hand a /proc file over in pieces)."""
+    """The whole file. A read that returns less than it asked for has reached the end: stat, cgroup and /proc/stat
+    are single-record seq_files (single_open), whose read copies the record whole unless the buffer is full
+    (Linux fs/seq_file.c, seq_read_iter), cmdline's read fills the buffer until the arguments end (fs/proc/base.c,
+    get_mm_cmdline), and a regular file reads short only at its end. So a file takes one read, not two (psutil,
+    like io, reads again until an empty read: one more system call per file)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, _CHUNK)
-        if data:
-            chunks = [data]
-            while True:
-                more = os.read(fd, _CHUNK)
-                if not more:
-                    break
-                chunks.append(more)
-            if len(chunks) > 1:
-                data = b"".join(chunks)
-        return data
+        if len(data) < _CHUNK:
+            return data
+        chunks = [data]
+        while data:
+            data = os.read(fd, _CHUNK)
+            chunks.append(data)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
