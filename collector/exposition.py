@@ -71,12 +71,18 @@ def _sample_lines(family: Family) -> list[str]:
     in_order = order == list(range(len(labels)))
     lines: list[str] = []
     append = lines.append
+    formatted: dict[float, str] = {}  # a family repeats its values (1, sizes, percentages): format each once
     for values, value in family.samples:
         ordered = tuple(values) if in_order else tuple([values[i] for i in order])
         joined = "".join(ordered)
         if "\\" in joined or '"' in joined or "\n" in joined:
             ordered = tuple(map(escape_label_value, ordered))
-        append(template % (*ordered, format_value(value)))
+        text = formatted.get(value) if value else None  # 0.0 and -0.0 are one key but two texts: not cached
+        if text is None:
+            text = format_value(value)
+            if value:
+                formatted[value] = text
+        append(template % (*ordered, text))
     return lines
 
 
