@@ -2,9 +2,9 @@
 
 Two reads per process: `/proc/<pid>/stat` (name and start time) and `/proc/<pid>/cgroup`; `/proc/<pid>/cmdline`
 only for a name the kernel may have cut (15 characters or more) or when the operator asked for command lines;
-`/proc/stat`'s boot time once per run. The values are exactly the ones psutil 5.9-7.x returned here before
-(psutil/_pslinux.py and psutil/__init__.py, `Process.name`, `create_time`, `cmdline`), so labels and process
-identities (PID + start time, in the state file) carry over:
+`/proc/stat`'s boot time once per run. The values are exactly the ones psutil (7.2.2: psutil/_pslinux.py and
+psutil/__init__.py, `Process.name`, `create_time`, `cmdline`) returned here before, so labels and process
+identities (PID + start time, in the state file) carry over; tests/test_procfs.py holds the two together:
 
 - start time: `btime` of /proc/stat + stat's `starttime` (field 22) / `SC_CLK_TCK`, computed in the same order;
 - name: the text between stat's first `(` and last `)`, decoded as file names are; when it is 15 characters or
