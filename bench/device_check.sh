@@ -1,33 +1,50 @@
 #!/usr/bin/env bash
-# The real-GPU check, for a session that is lent a GPU machine: the collector against the real driver, next to
-# what nvidia-smi says, in one run. Needs .venv (carry it) and the NVIDIA driver; changes no GPU setting.
-#   bench/device_check.sh [OUTDIR]
+# The real-GPU check, for a session that is lent a GPU machine (docs/real-gpu-check.md): known GPU work (libcuda
+# through ctypes, no CUDA toolkit), the collector's answer about it, nvidia-smi's, and what NVML itself records.
+# Needs the NVIDIA driver and a Python with the collector's dependencies (.venv, or the lean bench/out/venv the doc
+# shows how to make and carry); changes no GPU setting; done in under 5 minutes.
+#   bench/device_check.sh [OUTDIR] [--stand-in | --stand-in-mig] [--interval SECONDS]
+# OUTDIR defaults to $OUT, then /tmp/device-check. Exit 0: every check passed; 1: one failed; 2: could not start.
+# DEVICE_CHECK_STAND_IN=1 is --stand-in (no GPU: the stand-in NVML library and a fake nvidia-smi).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${1:-${OUT:-/tmp/device-check}}"
-mkdir -p "$out"
-{
-    echo "== nvidia-smi -L"; nvidia-smi -L
-    echo "== driver"; nvidia-smi --query-gpu=index,uuid,name,driver_version,mig.mode.current,memory.total,memory.used \
-        --format=csv
-    echo "== compute apps"; nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory --format=csv
-} >"$out/nvidia-smi.txt" 2>&1
-.venv/bin/python -m collector --stdout --state-dir "$out/state" --log-level debug \
-    >"$out/gpu_processes.prom" 2>"$out/collector.log"
-echo "collector exit: $?" >>"$out/collector.log"
-promtool check metrics <"$out/gpu_processes.prom" >>"$out/collector.log" 2>&1 || true
-.venv/bin/python - "$out" <<'PY'
-import sys
-from pathlib import Path
-from prometheus_client.parser import text_string_to_metric_families
+out="${OUT:-/tmp/device-check}"
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    out="$1"
+    shift
+fi
+mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 2
+cd "$(dirname "$0")/.." || exit 2
+# The Python that runs everything: $DEVICE_CHECK_PYTHON, else .venv (scripts/demo.sh makes it), else the lean
+# bench/out/venv of docs/real-gpu-check.md; the first that has the collector's dependencies.
+py=""
+: >"$out/python.log"
+for candidate in ${DEVICE_CHECK_PYTHON:-.venv/bin/python bench/out/venv/bin/python}; do
+    if "$candidate" -c 'import pynvml, prometheus_client, psutil' 2>>"$out/python.log"; then
+        py="$candidate"
+        break
+    fi
+done
+if [ -z "$py" ]; then
+    echo "device-check: cannot start: no Python here imports pynvml, prometheus_client and psutil (tried" \
+        "${DEVICE_CHECK_PYTHON:-.venv/bin/python bench/out/venv/bin/python}; see $out/python.log and" \
+        "docs/real-gpu-check.md)" | tee "$out/device-check.md" >&2
+    exit 2
+fi
 
-out = Path(sys.argv[1])
-families = {f.name: f for f in text_string_to_metric_families((out / "gpu_processes.prom").read_text())}
-apps = [line for line in (out / "nvidia-smi.txt").read_text().split("== compute apps")[1].splitlines()[2:] if line]
-pids_smi = sorted(line.split(",")[1].strip() for line in apps)
-pids_us = sorted(s.labels["pid"] for s in families["gpu_process_info"].samples) if "gpu_process_info" in families else []
-print("up:", families["gpu_proc_collector_up"].samples[0].value)
-print("nvidia-smi pids:", pids_smi)
-print("collector pids: ", pids_us)
-print("same set:", set(pids_smi) == set(pids_us))
-PY
+pids="$out/worker-pids"
+: >"$pids"
+cleanup() {  # the workers the check started, should it die before stopping them (they also die with it)
+    local pid
+    while read -r pid; do
+        if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'device_check.py worker'; then
+            kill "$pid" 2>/dev/null
+        fi
+    done <"$pids"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+timeout -k 10 "${DEVICE_CHECK_TIMEOUT:-285}" "$py" bench/device_check.py run --out "$out" "$@"
+rc=$?
+[ "$rc" -eq 124 ] && echo "device-check: FAIL: timed out after ${DEVICE_CHECK_TIMEOUT:-285} s" >&2
+exit "$rc"

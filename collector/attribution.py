@@ -98,7 +98,7 @@ class Attributor:
         cg = parse_cgroup(host.cgroup)
         index = self.index
         if cg.kind != OwnerKind.POD:
-            name = self.metadata.docker_name(cg.container_id) if cg.kind == OwnerKind.DOCKER else cg.name
+            name = self._container_name(cg.kind, cg.container_id, cg.user_uid) or cg.name
             owner = Owner(kind=cg.kind, name=name, container_id=cg.container_id)
             if index is None:
                 return owner, None
@@ -118,6 +118,13 @@ class Attributor:
             container_id=cg.container_id,
         )
         return owner, None if index is None else device.label not in index.allowed(owner)
+
+    def _container_name(self, kind: str, container_id: str, user_uid: str) -> str:
+        if kind == OwnerKind.DOCKER:
+            return self.metadata.docker_name(container_id)
+        if kind == OwnerKind.PODMAN:
+            return self.metadata.podman_name(container_id, user_uid)
+        return container_id[:12]
 
     def facts(self) -> AttributionFacts:
         return AttributionFacts(

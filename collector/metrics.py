@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 
 from collector import __version__
 from collector.exposition import Family, render
-from collector.model import METADATA_MISS_REASONS, AttributionFacts, Device, FailedGpu, ProcessRecord
+from collector.model import METADATA_MISS_REASONS, AttributionFacts, Device, DeviceActivity, FailedGpu, ProcessRecord
 from collector.redact import args_label
 from collector.settings import DEFAULTS
 
@@ -37,6 +37,7 @@ class Report(NamedTuple):
     # are summed per device and owner (cardinality budget of one node).
     max_process_series: int = DEFAULTS.max_process_series
     attribution: Optional[AttributionFacts] = None
+    activity: Mapping[str, DeviceActivity] = {}  # GPM, by device label
 
 
 def status(record: ProcessRecord) -> str:
@@ -135,6 +136,19 @@ class _ReportFamilies:
         self.unattributed = gauge(
             "gpu_device_unattributed_memory_bytes",
             "Memory in use on the GPU or MIG instance that no listed process accounts for.", ["gpu", "gpu_uuid"])
+        ids = ["gpu", "gpu_uuid"]
+        in_percent = "of the GPU's or MIG GPU instance's own"
+        self.activity = {
+            "sm_util": gauge("gpu_device_sm_utilization_percent",
+                             f"Percent of the time {in_percent} SMs were busy (NVML GPM; Hopper and newer).", ids),
+            "sm_occupancy": gauge("gpu_device_sm_occupancy_percent",
+                                  f"Active warps as percent of the theoretical maximum {in_percent} SMs (NVML GPM).",
+                                  ids),
+            "tensor_active": gauge("gpu_device_tensor_active_percent",
+                                   f"Percent of the time {in_percent} SMs ran any tensor operation (NVML GPM).", ids),
+            "dram_bw_util": gauge("gpu_device_dram_bandwidth_utilization_percent",
+                                  f"DRAM bandwidth used as percent {in_percent} maximum (NVML GPM).", ids),
+        }
         owner_labels = ["gpu", "gpu_uuid", "owner_kind", "owner", *k8s[:2]]
         self.aggregated_memory = gauge(
             "gpu_process_aggregated_memory_bytes",
@@ -212,6 +226,28 @@ class _ReportFamilies:
             self.unattributed.add(ids, float(max(0, device.memory_used - accounted)))
 
 
+    def add_run_facts(self, report: Report) -> None:
+        """The run's own health: GPUs read or failed, PIDs dropped, what attribution's sources answered."""
+        for index, uuid in sorted({(d.index, d.gpu_uuid) for d in report.devices}):
+            self.gpu_up.add((str(index), uuid), 1.0)
+        for failed in report.failed_gpus:
+            self.gpu_up.add((str(failed.index), failed.uuid), 0.0)
+        for reason, n in sorted(report.dropped.items()):
+            self.dropped.add((reason,), float(n))
+        facts = report.attribution
+        if facts is not None:
+            if facts.pod_resources_up is not None:
+                self.pod_resources_up.add((), 1.0 if facts.pod_resources_up else 0.0)
+            for reason in METADATA_MISS_REASONS:
+                self.metadata_misses.add((reason,), float(facts.metadata_misses.get(reason, 0)))
+
+    def add_activity(self, device: Device, activity: DeviceActivity) -> None:
+        for name, family in self.activity.items():
+            value = getattr(activity, name)
+            if value is not None:
+                family.add([device.label, device.uuid], round(value, 4))
+
+
 def _by_memory(record: ProcessRecord) -> tuple[int, int]:
     return (-(record.gpu.used_memory or 0), record.gpu.pid)
 
@@ -242,16 +278,9 @@ def _report_families(report: Report) -> list[Family]:
     for device in report.devices:
         f.add_device(device, per_device[device.label], accounted[device.label])
     f.total.add((), float(sum(per_device.values())))
-    for index, uuid in sorted({(d.index, d.gpu_uuid) for d in report.devices}):
-        f.gpu_up.add((str(index), uuid), 1.0)
-    for failed in report.failed_gpus:
-        f.gpu_up.add((str(failed.index), failed.uuid), 0.0)
-    for reason, n in sorted(report.dropped.items()):
-        f.dropped.add((reason,), float(n))
-    facts = report.attribution
-    if facts is not None:
-        if facts.pod_resources_up is not None:
-            f.pod_resources_up.add((), 1.0 if facts.pod_resources_up else 0.0)
-        for reason in METADATA_MISS_REASONS:
-            f.metadata_misses.add((reason,), float(facts.metadata_misses.get(reason, 0)))
+    by_label = {d.label: d for d in report.devices}
+    for label, activity in sorted(report.activity.items()):
+        if label in by_label:
+            f.add_activity(by_label[label], activity)
+    f.add_run_facts(report)
     return [*_self_families(True, report.timestamp, report.duration, report.driver_version), *f.declared]

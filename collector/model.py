@@ -13,12 +13,14 @@ class OwnerKind:
     POD = "pod"  # a Kubernetes pod's container (containerd, CRI-O, cri-dockerd)
     DOCKER = "docker"  # a plain docker container
     PODMAN = "podman"  # a podman container (rootful or rootless)
+    CONTAINER = "container"  # a containerd or CRI-O container whose pod its cgroup path does not validly name
     SYSTEMD = "systemd"  # a systemd service
     SLURM = "slurm"  # a Slurm job step
     HOST = "host"  # anything else: a user session, a shell, an unrecognised cgroup
 
 
-OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.SYSTEMD, OwnerKind.SLURM, OwnerKind.HOST)
+OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.CONTAINER, OwnerKind.SYSTEMD,
+               OwnerKind.SLURM, OwnerKind.HOST)
 
 
 class MigInfo(NamedTuple):
@@ -31,7 +33,8 @@ class MigInfo(NamedTuple):
 class Device(NamedTuple):
     """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
 
-    label: str  # the seed's `gpu` label: "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    # the `gpu` label (docs/seed-interface.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    label: str
     index: int  # type: ignore[assignment]  # the physical GPU's NVML index (shadows tuple.index, as meant)
     uuid: str  # GPU-… or MIG-…
     name: str
@@ -68,6 +71,17 @@ class GpuProcess(NamedTuple):
     active: Optional[bool]  # SM activity seen in the interval; None where not measurable
 
 
+class DeviceActivity(NamedTuple):
+    """What NVML's GPM measured on a whole GPU or one MIG GPU instance between two samples, in percent of that
+    GPU's or instance's own resources; None where a metric could not be read."""
+
+    seconds: float  # the interval between the two samples
+    sm_util: Optional[float]
+    sm_occupancy: Optional[float]
+    tensor_active: Optional[float]
+    dram_bw_util: Optional[float]
+
+
 class NvmlSnapshot(NamedTuple):
     driver_version: str
     devices: tuple[Device, ...]
@@ -77,6 +91,11 @@ class NvmlSnapshot(NamedTuple):
     listed_at: float = 0.0
     # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
     last_seen_us: dict[str, int] = {}  # noqa: RUF012 - records are never changed, so sharing it is safe
+    # GPM activity by device label: a whole GPU's, or a MIG GPU instance's under the label of the unit that
+    # reports its memory (Device.memory_pool). Absent where GPM is not supported.
+    activity: dict[str, DeviceActivity] = {}  # noqa: RUF012
+    # Energy since the driver loaded, in millijoules, by physical GPU UUID (Volta and newer).
+    energy_mj: dict[str, int] = {}  # noqa: RUF012
 
 
 class HostProcess(NamedTuple):

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 import pynvml
 
-from collector.model import Device, FailedGpu, GpuProcess, MigInfo, NvmlSnapshot
+from collector.model import Device, DeviceActivity, FailedGpu, GpuProcess, MigInfo, NvmlSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _reported_missing: set[str] = set()
 
 class _ProcessInfoR535(ctypes.Structure):
     """The 32-byte process entry early R535 drivers (535.54.x) write for *_RunningProcesses_v3 without changing
-    its version: pynvml's 24-byte array then comes back garbled from the second entry on (REFERENCE fact 13)."""
+    its version: pynvml's 24-byte array then comes back garbled from the second entry on (docs/nvml-driver.md)."""
 
     _fields_ = [
         ("pid", ctypes.c_uint),
@@ -122,13 +122,23 @@ class _Options(NamedTuple):
     now_us: int
 
 
+class _GpmTarget(NamedTuple):
+    key: str  # the GPU's UUID, or "<GPU UUID>/gi<id>" for a MIG GPU instance
+    label: str  # the device label its activity is reported under
+    handle: Any  # the physical GPU's handle
+    gpu_instance: Optional[int]  # None: the whole GPU
+
+
 class _Reader:
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: _Options, gpm_support: dict[str, bool]) -> None:
         self.options = options
+        self.gpm_support = gpm_support  # by GPU UUID, kept by the session: support does not change while loaded
         self.devices: list[Device] = []
         self.processes: list[GpuProcess] = []
         self.failed: list[FailedGpu] = []
         self.last_seen_us: dict[str, int] = {}
+        self.gpm_targets: list[_GpmTarget] = []
+        self.energy_mj: dict[str, int] = {}
 
     def read_gpu(self, index: int) -> None:
         uuid = ""
@@ -155,10 +165,24 @@ class _Reader:
             entries = self._process_lists(handle)
             per_unit = [(unit, entries)]
             activity = self._activity(handle, uuid, {int(e.pid) for e in entries})
+        energy = _energy(handle)
         # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
         for unit, unit_entries in per_unit:
             self.devices.append(unit)
             self.processes.extend(_merge(unit, unit_entries, activity))
+        if energy is not None:
+            self.energy_mj[uuid] = energy
+        if self._gpm_supported(handle, uuid):
+            if per_unit[0][0].mig is None:
+                self.gpm_targets.append(_GpmTarget(key=uuid, label=str(index), handle=handle, gpu_instance=None))
+            pools = {(u.mig.gpu_instance_id, u.memory_pool) for u, _ in per_unit if u.mig}
+            self.gpm_targets.extend(_GpmTarget(key=f"{uuid}/gi{gi}", label=pool, handle=handle, gpu_instance=gi)
+                                    for gi, pool in sorted(pools))
+
+    def _gpm_supported(self, handle: Any, uuid: str) -> bool:
+        if uuid not in self.gpm_support:
+            self.gpm_support[uuid] = _gpm_supported(handle)
+        return self.gpm_support[uuid]
 
     @staticmethod
     def _mig_enabled(handle: Any) -> bool:
@@ -306,6 +330,128 @@ def _entries_by_instance(per_handle: Sequence[tuple[Device, list[Any]]]) -> list
     return [(unit, out[unit.label]) for unit, _ in per_handle]
 
 
+def _energy(handle: Any) -> Optional[int]:
+    """Millijoules since the driver loaded (Volta and newer; NOT_SUPPORTED before, and on MIG handles)."""
+    try:
+        return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+    except pynvml.NVMLError_FunctionNotFound:
+        _note_missing("nvmlDeviceGetTotalEnergyConsumption")
+    except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission):
+        pass
+    return None
+
+
+# ---- GPM: GPU Performance Monitoring (Hopper and newer), per GPU and per MIG GPU instance ----
+
+GPM_MIN_INTERVAL_S = 0.1  # nvml.h: samples must be more than 100 ms apart (docs/nvml-driver.md)
+GPM_METRICS = (  # DeviceActivity field, NVML metric id
+    ("sm_util", 2),  # NVML_GPM_METRIC_SM_UTIL
+    ("sm_occupancy", 3),  # NVML_GPM_METRIC_SM_OCCUPANCY
+    ("tensor_active", 5),  # NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    ("dram_bw_util", 10),  # NVML_GPM_METRIC_DRAM_BW_UTIL
+)
+
+
+def _gpm_supported(handle: Any) -> bool:
+    try:
+        return bool(pynvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+    except pynvml.NVMLError_FunctionNotFound:
+        _note_missing("nvmlGpmQueryDeviceSupport")
+    except pynvml.NVMLError as err:
+        log.debug("GPM support query: %s", err)
+    return False
+
+
+class _Gpm:
+    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_MIN_INTERVAL_S apart (a sleep:
+    wall time, no CPU). In the long-running mode each measurement's second sample is the next one's first, so
+    the activity spans the whole interval between two writes."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.previous: dict[str, tuple[float, Any]] = {}  # target key -> (monotonic time, sample)
+
+    def measure(self, targets: Sequence[_GpmTarget]) -> dict[str, DeviceActivity]:
+        firsts: dict[str, tuple[float, Any]] = {}
+        for target in targets:
+            first = self.previous.pop(target.key, None) or self._sample(target)
+            if first is not None:
+                firsts[target.key] = first
+        self.release()  # samples of targets gone since the last measurement
+        if firsts:
+            time.sleep(max(0.0, max(t for t, _ in firsts.values()) + GPM_MIN_INTERVAL_S - time.monotonic()))
+        out: dict[str, DeviceActivity] = {}
+        for target in targets:
+            if target.key not in firsts:
+                continue
+            started, first = firsts[target.key]
+            second = self._sample(target)
+            if second is not None:
+                activity = _gpm_metrics(first, second[1], second[0] - started)
+                if activity is not None:
+                    out[target.label] = activity
+                if self.keep:
+                    self.previous[target.key] = second
+                else:
+                    _free(second[1])
+            _free(first)
+        return out
+
+    @staticmethod
+    def _sample(target: _GpmTarget) -> Optional[tuple[float, Any]]:
+        try:
+            sample = pynvml.nvmlGpmSampleAlloc()
+        except pynvml.NVMLError as err:
+            log.debug("GPM sample allocation: %s", err)
+            return None
+        try:
+            if target.gpu_instance is None:
+                pynvml.nvmlGpmSampleGet(target.handle, sample)
+            else:
+                pynvml.nvmlGpmMigSampleGet(target.handle, target.gpu_instance, sample)
+        except pynvml.NVMLError as err:
+            log.debug("GPM sample of %s: %s", target.key, err)
+            _free(sample)
+            return None
+        return time.monotonic(), sample
+
+    def release(self) -> None:
+        for _, sample in self.previous.values():
+            _free(sample)
+        self.previous.clear()
+
+
+def _free(sample: Any) -> None:
+    try:
+        pynvml.nvmlGpmSampleFree(sample)
+    except pynvml.NVMLError as err:
+        log.debug("GPM sample free: %s", err)
+
+
+def _gpm_metrics(first: Any, second: Any, seconds: float) -> Optional[DeviceActivity]:
+    """The GPM metrics between two samples; None when the call fails. A metric with its own error, a NaN (what
+    samples taken too close together can yield) or a value outside 0..100 is None: never a made-up number."""
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(GPM_METRICS)
+    request.sample1 = first
+    request.sample2 = second
+    for i, (_, metric_id) in enumerate(GPM_METRICS):
+        request.metrics[i].metricId = metric_id
+    try:
+        pynvml.nvmlGpmMetricsGet(request)
+    except pynvml.NVMLError as err:
+        log.debug("GPM metrics: %s", err)
+        return None
+    values: dict[str, Optional[float]] = {}
+    for i, (name, _) in enumerate(GPM_METRICS):
+        metric = request.metrics[i]
+        value = float(metric.value)
+        ok = metric.nvmlReturn == pynvml.NVML_SUCCESS and 0.0 <= value <= 100.0  # NaN compares False
+        values[name] = value if ok else None
+    return DeviceActivity(seconds=round(seconds, 6), **values)
+
+
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     """(total, used) bytes. nvmlDeviceGetMemoryInfo_v2 where the driver has it: its `used` leaves out the memory
     the driver and firmware reserve, which v1's `used` includes and which would otherwise show up as memory no
@@ -352,21 +498,46 @@ def _merge(unit: Device, entries: list[Any], activity: Optional[Mapping[int, Act
     return merged
 
 
-def read_snapshot(
-    devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int
-) -> NvmlSnapshot:
-    """Reads every (selected) GPU once. Raises NvmlUnavailable when NVML itself cannot be used."""
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as err:
-        raise NvmlUnavailable(f"NVML init failed: {err}") from None
-    try:
+class Session:
+    """NVML initialised once, for one read (a timer run) or for many (the long-running mode, where GPM samples
+    carry over from one read to the next). After a read that met a broken NVML (not initialised, a lost GPU, a
+    library mismatch, any failed GPU), the session shuts NVML down so that the next read initialises it afresh
+    instead of reporting from a stale handle forever."""
+
+    def __init__(self, keep_gpm_samples: bool = False) -> None:
+        self._initialised = False
+        self._gpm = _Gpm(keep=keep_gpm_samples)
+        self._gpm_support: dict[str, bool] = {}
+
+    def read(self, devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int) -> NvmlSnapshot:
+        """Reads every (selected) GPU once. Raises NvmlUnavailable when NVML itself cannot be used."""
+        healthy = False
+        try:
+            self._init()
+            snapshot = self._read(devices, last_seen_us, now_us)
+            healthy = not snapshot.failed_gpus
+            return snapshot
+        finally:
+            if not healthy:
+                self.close()
+
+    def _init(self) -> None:
+        if self._initialised:
+            return
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as err:
+            raise NvmlUnavailable(f"NVML init failed: {err}") from None
+        self._initialised = True
+        self._gpm_support.clear()
+
+    def _read(self, devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int) -> NvmlSnapshot:
         try:
             driver = _text(pynvml.nvmlSystemGetDriverVersion())
             count = int(pynvml.nvmlDeviceGetCount())
         except pynvml.NVMLError as err:
             raise NvmlUnavailable(f"NVML cannot list GPUs: {err}") from None
-        reader = _Reader(_Options(devices=devices, last_seen_us=last_seen_us, now_us=now_us))
+        reader = _Reader(_Options(devices=devices, last_seen_us=last_seen_us, now_us=now_us), self._gpm_support)
         for index in range(count):
             if devices is None or index in devices:
                 reader.read_gpu(index)
@@ -381,13 +552,26 @@ def read_snapshot(
             failed_gpus=tuple(reader.failed),
             listed_at=listed_at,
             last_seen_us=reader.last_seen_us,
+            activity=self._gpm.measure(reader.gpm_targets),
+            energy_mj=reader.energy_mj,
         )
-    finally:
-        _shutdown()
+
+    def close(self) -> None:
+        self._gpm.release()
+        if self._initialised:
+            self._initialised = False
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as err:
+                log.debug("nvmlShutdown: %s", err)
 
 
-def _shutdown() -> None:
+def read_snapshot(
+    devices: Optional[Collection[int]], last_seen_us: Mapping[str, int], now_us: int
+) -> NvmlSnapshot:
+    """One read in a session of its own (the timer's run): NVML initialised, read, shut down."""
+    session = Session()
     try:
-        pynvml.nvmlShutdown()
-    except pynvml.NVMLError as err:
-        log.debug("nvmlShutdown: %s", err)
+        return session.read(devices, last_seen_us, now_us)
+    finally:
+        session.close()

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple, Optional
 from collector import nvml, procfs
 from collector.attribution import AttributionSettings, Attributor
 from collector.metrics import Report, render_failure, render_report
-from collector.model import GpuProcess, HostProcess, NvmlSnapshot, ProcessRecord
+from collector.model import DeviceActivity, GpuProcess, HostProcess, NvmlSnapshot, Owner, ProcessRecord
 from collector.settings import Settings
 from collector.state import State, process_key
 
@@ -68,15 +68,16 @@ def _collect(settings: Settings, previous: State, now: float, started: float,
         pod_resources_timeout=settings.pod_resources_timeout,
         resource_names=settings.resource_names,
     ), snapshot.devices)
-    last_active: dict[str, float] = {}
-    records = []
+    attributed = []
     for proc in snapshot.processes:
         host = hosts.get(proc.pid)
-        if host is None:
-            continue
-        owner, unallocated = attributor.attribute(host, proc.device)
-        idle = _idle_seconds(proc, host, now, previous.last_active, last_active)
-        records.append(ProcessRecord(gpu=proc, host=host, owner=owner, idle_seconds=idle, unallocated=unallocated))
+        if host is not None:
+            attributed.append((proc, host, *attributor.attribute(host, proc.device)))
+    attributed = _with_instance_activity(attributed, snapshot.activity)
+    last_active: dict[str, float] = {}
+    records = [ProcessRecord(gpu=proc, host=host, owner=owner, unallocated=unallocated,
+                             idle_seconds=_idle_seconds(proc, host, now, previous.last_active, last_active))
+               for proc, host, owner, unallocated in attributed]
 
     # GPUs not read this run (failed, filtered out) keep their timestamps for when they come back.
     last_seen = {**previous.last_seen_us, **snapshot.last_seen_us}
@@ -92,6 +93,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float,
         command_args=settings.command_args,
         max_process_series=settings.max_process_series,
         attribution=attributor.facts(),
+        activity=snapshot.activity,
     )
     return Outcome(
         text=render_report(report),
@@ -126,6 +128,39 @@ def _describe(snapshot: NvmlSnapshot, with_cmdline: bool) -> tuple[dict[int, Hos
         if proc.pid in unusable:
             dropped[unusable[proc.pid]] += 1
     return hosts, dropped
+
+
+Attributed = tuple[GpuProcess, HostProcess, Owner, Optional[bool]]
+
+
+def _with_instance_activity(attributed: list[Attributed], activity: Mapping[str, DeviceActivity]) -> list[Attributed]:
+    """NVML cannot measure per-process activity on MIG; GPM measures each GPU instance's. When every process of a
+    GPU instance belongs to one owner (one pod per MIG slice, the usual case), the instance's activity is that
+    owner's: its processes are active when the instance's SMs were busy at all in the interval, idle otherwise,
+    and a lone process's utilisation is the instance's SM utilisation. With several owners, or no GPM, they stay
+    unknown: a shared instance's activity cannot be split between owners."""
+    members: dict[str, list[int]] = {}
+    for i, (proc, _, _, _) in enumerate(attributed):
+        pool = proc.device.memory_pool or proc.device.label
+        if proc.device.mig is not None and pool in activity:
+            members.setdefault(pool, []).append(i)
+    out = list(attributed)
+    for pool, indices in members.items():
+        sm = activity[pool].sm_util
+        owners = {_owner_identity(attributed[i][2], attributed[i][0].pid) for i in indices}
+        if sm is None or len(owners) != 1:
+            continue
+        for i in indices:
+            proc, host, owner, unallocated = attributed[i]
+            proc = proc._replace(active=sm > 0, sm_utilization=sm if len(indices) == 1 else None)
+            out[i] = (proc, host, owner, unallocated)
+    return out
+
+
+def _owner_identity(owner: Owner, pid: int) -> tuple[str, str]:
+    """Who a process belongs to, for "one owner": an owner with no name (an unrecognised host process) is only
+    itself."""
+    return (owner.kind, owner.name) if owner.name else (owner.kind, f"pid {pid}")
 
 
 def _idle_seconds(

@@ -7,6 +7,10 @@ No API server, no runtime socket: the files every runtime already keeps under th
 - docker (cri-dockerd, or plain docker): `var/lib/docker/containers/<id>/config.v2.json`, `Config.Labels`.
 - kubelet's `var/log/pods/<namespace>_<pod>_<uid>/<container>/`: names a pod from its UID when no runtime file has
   the container (any runtime; the directory names are DNS-1123 names, which have no `_`).
+- podman: the container's name is in containers/storage's `<driver>-containers/containers.json` (podman keeps it
+  there and renames it there); rootful under `var/lib/containers/storage` (or storage.conf's graphroot), rootless
+  under the user's `~/.local/share/containers/storage`. Its OCI config.json carries no name.
+See docs/runtimes-and-cgroups.md.
 A missing, unreadable or corrupt file is a counted miss for that process, never a failed run.
 """
 
@@ -32,6 +36,13 @@ CRIO_ROOTS = ("run/containers/storage/overlay-containers", "var/lib/containers/s
 DOCKER_CONTAINERS = "var/lib/docker/containers"
 POD_LOGS = "var/log/pods"
 MAX_METADATA_BYTES = 4 << 20  # an OCI config.json is a few KiB; anything this large is not one
+# containers/storage's graph root (containers.json) and run root (volatile-containers.json of a transient store)
+PODMAN_STORAGE = ("var/lib/containers/storage", "run/containers/storage")
+PODMAN_STORAGE_CONF = "etc/containers/storage.conf"
+PODMAN_ROOTLESS_STORAGE = ".local/share/containers/storage"  # under the user's home ($XDG_DATA_HOME unset)
+PODMAN_CONTAINER_LISTS = ("containers.json", "volatile-containers.json")
+MAX_CONTAINER_LIST_BYTES = 64 << 20  # one entry per container of the store, about 1 KiB each
+_STORAGE_ROOT = re.compile(r'^\s*(graphroot|runroot)\s*=\s*"([^"]+)"', re.MULTILINE)
 _CONTAINER_ID = re.compile(r"[0-9a-f]{1,64}")
 
 # (pod name, namespace, pod UID, container name) annotation keys
@@ -53,18 +64,19 @@ class _Corrupt(Exception):
     pass
 
 
-def _read_json(path: str) -> Optional[dict[str, Any]]:
-    """The JSON object in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
+def _read_json_value(path: str, limit: int = MAX_METADATA_BYTES) -> Any:
+    """The JSON value in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
+    too_large = f"larger than {limit >> 20} MiB"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not open(): its buffered reader costs 3 µs more per file
         try:
             size = os.fstat(fd).st_size
-            if size > MAX_METADATA_BYTES:
-                raise _Corrupt("larger than 4 MiB")
+            if size > limit:
+                raise _Corrupt(too_large)
             # read(n) allocates n bytes up front: ask for the file's size (+1, to see one that grew meanwhile)
             raw = os.read(fd, size + 1)
-            while size < len(raw) <= MAX_METADATA_BYTES:
-                more = os.read(fd, MAX_METADATA_BYTES + 1 - len(raw))
+            while size < len(raw) <= limit:
+                more = os.read(fd, limit + 1 - len(raw))
                 if not more:
                     break
                 raw += more
@@ -74,13 +86,18 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
         return None
     except OSError as err:
         raise _Corrupt(f"unreadable: {err.strerror}") from None
-    if len(raw) > MAX_METADATA_BYTES:
-        raise _Corrupt("larger than 4 MiB")
+    if len(raw) > limit:
+        raise _Corrupt(too_large)
     try:
-        document = json.loads(raw)
+        return json.loads(raw)
     except ValueError as err:
         raise _Corrupt(f"not JSON ({err})") from None
-    if not isinstance(document, dict):
+
+
+def _read_json(path: str) -> Optional[dict[str, Any]]:
+    """The JSON object in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
+    document = _read_json_value(path)
+    if document is not None and not isinstance(document, dict):
         raise _Corrupt("not a JSON object")
     return document
 
@@ -103,6 +120,7 @@ class RuntimeMetadata:
         self._cache: dict[str, Optional[ContainerMeta]] = {}
         self._pod_logs: Optional[dict[str, tuple[str, str, list[str]]]] = None
         self._docker_names: dict[str, str] = {}
+        self._podman_names: dict[str, dict[str, str]] = {}  # user uid ("" rootful) -> container id -> name
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.host_root, *parts)
@@ -198,3 +216,79 @@ class RuntimeMetadata:
             found = name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
             self._docker_names[container_id] = found
         return self._docker_names[container_id]
+
+    def podman_name(self, container_id: str, user_uid: str = "") -> str:
+        """A podman container's name, or its short id. user_uid: the uid whose user manager holds the container's
+        cgroup (CgroupOwner.user_uid), for rootless podman; "" for rootful."""
+        if user_uid not in self._podman_names:
+            self._podman_names[user_uid] = self._podman_index(user_uid)
+        return self._podman_names[user_uid].get(container_id) or container_id[:12]
+
+    def _podman_index(self, user_uid: str) -> dict[str, str]:
+        """Container id -> name from every containers/storage store of rootful podman, or of one user's."""
+        names: dict[str, str] = {}
+        for root in self._podman_roots(user_uid):
+            try:
+                stores = sorted((e.path for e in os.scandir(root) if e.name.endswith("-containers")),
+                                key=lambda p: not p.endswith("/overlay-containers"))
+            except OSError:
+                continue
+            for store in stores:
+                for listing in PODMAN_CONTAINER_LISTS:
+                    try:
+                        entries = _read_json_value(os.path.join(store, listing), MAX_CONTAINER_LIST_BYTES)
+                    except _Corrupt as err:
+                        log.warning("podman: %s %s", os.path.join(store, listing), err)
+                        continue
+                    for entry in entries if isinstance(entries, list) else ():
+                        found = _storage_name(entry)
+                        if found:
+                            names.setdefault(*found)
+        return names
+
+    def _podman_roots(self, user_uid: str) -> list[str]:
+        if not user_uid:
+            roots = [self._path(r) for r in PODMAN_STORAGE]
+            try:
+                with open(self._path(PODMAN_STORAGE_CONF), encoding="utf-8", errors="replace") as f:
+                    configured = [self._path(value.lstrip("/")) for _, value in _STORAGE_ROOT.findall(f.read())]
+            except OSError:
+                configured = []
+            return configured + [r for r in roots if r not in configured]
+        home = self._home(user_uid)
+        roots = [os.path.join(home, PODMAN_ROOTLESS_STORAGE)] if home else []
+        return [*roots, self._path("run", "user", user_uid, "containers")]
+
+    def _home(self, user_uid: str) -> str:
+        """The user's home under the host root: from etc/passwd, else the home/* directory that uid owns (directory
+        users, LDAP or SSSD, are not in etc/passwd)."""
+        try:
+            with open(self._path("etc", "passwd"), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.rstrip("\n").split(":")
+                    if len(fields) >= 6 and fields[2] == user_uid and fields[5].startswith("/"):
+                        return self._path(fields[5].lstrip("/"))
+        except OSError:
+            pass
+        try:
+            for entry in os.scandir(self._path("home")):
+                if entry.is_dir(follow_symlinks=False) and str(entry.stat(follow_symlinks=False).st_uid) == user_uid:
+                    return entry.path
+        except OSError:
+            pass
+        return ""
+
+
+def _storage_name(entry: Any) -> Optional[tuple[str, str]]:
+    """(id, name) of one containers.json entry: the first of `names`, else the name podman put in `metadata`."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        return None
+    names = entry.get("names")
+    if isinstance(names, list) and names and isinstance(names[0], str) and names[0]:
+        return entry["id"], names[0]
+    try:
+        metadata = json.loads(entry.get("metadata") or "{}")
+    except (TypeError, ValueError):
+        return None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return (entry["id"], name) if isinstance(name, str) and name else None

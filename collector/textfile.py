@@ -1,6 +1,7 @@
 """Atomic file replacement: readers see the old file or the new one, never a part of either.
 
-prometheus_client's write_to_textfile renames too, but neither fsyncs nor sets a mode (REFERENCE fact 54): after a
+prometheus_client's write_to_textfile renames too, but neither fsyncs nor sets a mode (client_python's
+exposition.py, `write_to_textfile`): after a
 crash the renamed file could be empty, and under a strict umask node_exporter (user nobody) could not read it.
 """
 

@@ -1,7 +1,7 @@
 """Kubernetes on a simulated host: pod cgroups, container runtime metadata on disk, kubelet's pod log directories,
 and a real gRPC pod-resources server on a unix socket.
 
-Every layout names what it imitates; paths and annotation keys are REFERENCE.md §3-§4's.
+Every layout names what it imitates; paths and annotation keys are those docs/runtimes-and-cgroups.md describes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def pod_uid(seed: str) -> str:
 
 
 def static_pod_uid(seed: str) -> str:
-    """Static pods: kubelet's MD5 hex of the manifest, 32 characters, no dashes (REFERENCE fact 36)."""
+    """Static pods: kubelet's MD5 hex of the manifest, 32 characters, no dashes (kubelet's
+    pkg/kubelet/config/common.go)."""
     return hashlib.md5(seed.encode()).hexdigest()  # noqa: S324
 
 

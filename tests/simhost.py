@@ -188,3 +188,22 @@ def scenario(gpus: Iterable[Gpu], **top: Any) -> dict[str, Any]:
 def write_scenario(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(json.dumps(document, indent=1))
     return path
+
+
+def write_podman_store(tree: HostTree, containers: dict[str, str], *, root: str = "var/lib/containers/storage",
+                       driver: str = "overlay", listing: str = "containers.json") -> Path:
+    """podman's containers in a containers/storage store under tree: `<root>/<driver>-containers/<listing>` as
+    go.podman.io/storage writes it (id, names, image, layer, metadata: libpod's RuntimeContainerMetadata as a JSON
+    string), and each container's userdata/config.json, whose annotations carry no name.
+    containers: container id -> name. root: rootful graph root, or a user's ~/.local/share/containers/storage."""
+    entries = []
+    for cid, name in containers.items():
+        metadata = {"image-name": "quay.io/vllm/vllm-openai:latest", "image-id": "f" * 64, "name": name,
+                    "created-at": BTIME + 600}
+        entries.append({"id": cid, "names": [name], "image": "f" * 64, "layer": cid[::-1],
+                        "metadata": json.dumps(metadata), "created": "2025-12-01T10:00:00.000000000Z",
+                        "flags": {"MountLabel": "", "ProcessLabel": ""}})
+        spec = {"ociVersion": "1.2.0", "annotations": {"io.container.manager": "libpod",
+                                                        "org.opencontainers.image.stopSignal": "15"}}
+        tree.write(f"{root}/{driver}-containers/{cid}/userdata/config.json", json.dumps(spec))
+    return tree.write(f"{root}/{driver}-containers/{listing}", json.dumps(entries))

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Host, Result
 from tests.podsim import PodHost, pod_resources_server, static_pod_uid
-from tests.simhost import GIB, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
+from tests.simhost import GIB, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario, write_podman_store
 
 
 def owner_of(result: Result, pid: int) -> dict[str, str]:
@@ -259,7 +259,7 @@ def test_label_prefix_renames_the_kubernetes_labels_of_native_metrics_only(host:
     (labels, _), = result.series("gpu_process_memory_bytes", pid="270")
     assert (labels["k8s_pod"], labels["k8s_namespace"], labels["k8s_container"]) == ("train", "ml", "main")
     assert "pod" not in labels
-    assert info_of(result, 270)["pod"] == "train"  # the seed metrics keep the seed names
+    assert info_of(result, 270)["pod"] == "train"  # the seed-compatible metrics keep their names
 
 
 def test_plain_docker_container(host: Host) -> None:
@@ -273,3 +273,20 @@ def test_plain_docker_container(host: Host) -> None:
     assert owner_of(result, 280) == {"pod": "", "namespace": "", "container": "", "owner_kind": "docker",
                                      "owner": "comfyui"}
     assert owner_of(result, 281)["owner"] == "e" * 12
+
+
+def test_podman_containers_rootful_and_rootless_get_their_names(host: Host) -> None:
+    """podman 4 with Quadlet (--cgroups=split) as root, and a rootless user's container: names from
+    containers/storage's containers.json, as docker owners get theirs from config.v2.json."""
+    rootful, rootless = "a1" * 32, "b2" * 32
+    write_podman_store(host.tree, {rootful: "vllm"})
+    host.tree.write("etc/passwd", "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n")
+    write_podman_store(host.tree, {rootless: "notebook"}, root="home/alice/.local/share/containers/storage")
+    host.tree.add_process(290, "python3", cgroup=f"0::/system.slice/vllm.service/libpod-payload-{rootful}\n")
+    host.tree.add_process(291, "python3", cgroup="0::/user.slice/user-1000.slice/user@1000.service/user.slice/"
+                          f"libpod-{rootless}.scope/container\n")
+    result = host.run(scenario([Gpu(0, compute=[proc(290), proc(291)])]))
+    assert owner_of(result, 290) == {"pod": "", "namespace": "", "container": "", "owner_kind": "podman",
+                                     "owner": "vllm"}
+    assert owner_of(result, 291)["owner"] == "notebook"
+    assert owner_of(result, 291)["owner_kind"] == "podman"

@@ -196,7 +196,7 @@ def test_pids_missing_from_proc_are_dropped_and_counted(host: Host) -> None:
 
 
 def test_the_r535_32_byte_process_entries_are_read_as_such(host: Host, fake_nvml: Path) -> None:
-    """Early R535 drivers write 32-byte entries into pynvml's 24-byte array (REFERENCE fact 13); recognised as
+    """Early R535 drivers write 32-byte entries into pynvml's 24-byte array (docs/nvml-driver.md); recognised as
     nvitop does, they are read with the driver's layout: every process, with its own memory."""
     for pid in (1201, 1202, 1203):
         host.tree.add_process(pid)

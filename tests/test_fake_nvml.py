@@ -217,7 +217,7 @@ def test_the_r535_variant_garbles_pynvmls_24_byte_entries(tmp_path: Path, fake_n
         out([[p.pid, p.usedGpuMemory] for p in nvmlDeviceGetComputeRunningProcesses(h)])
     """)
     assert got[0] == [10, 1000]
-    assert got[1] != [11, 2000]  # the shuffle REFERENCE fact 13 describes
+    assert got[1] != [11, 2000]  # the shuffle docs/nvml-driver.md describes
 
 
 # ---- per-process utilisation shapes (docs/nvml-driver.md, "Per-process utilisation") ----

@@ -1,4 +1,5 @@
-"""The role's static contract: defaults and argument specs agree, the seed's settings translate for systemd."""
+"""The role's static contract: defaults and argument specs agree, the seed-compatible settings
+(docs/seed-interface.md) translate for systemd."""
 
 from __future__ import annotations
 

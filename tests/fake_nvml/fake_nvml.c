@@ -10,7 +10,7 @@
  *   FAKE_VARIANT_R470  no *_RunningProcesses_v3, no nvmlDeviceGetProcessesUtilizationInfo, no
  *                      nvmlDeviceGetMemoryInfo_v2 (NVML 11.6, R510) and no GPM (NVML 11.8/12.0, R520/R525):
  *                      R470..R495 drivers
- *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (REFERENCE fact 13)
+ *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (docs/nvml-driver.md)
  *
  * Every driver behaviour played here, and its source, is listed in docs/nvml-driver.md.
  */
