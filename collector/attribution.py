@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from collector import allocation
 from collector.allocation import AllocationIndex, ClaimResolver, History, HistoryKey, target
@@ -40,8 +39,7 @@ def unallocated(index: AllocationIndex, owner: Owner, unit: str) -> Optional[boo
     return True if complete else None
 
 
-@dataclass(frozen=True)
-class AttributionSettings:
+class AttributionSettings(NamedTuple):
     host_root: str  # runtime metadata and kubelet's files are read under it
     pod_resources_socket: str  # "" when there is none to call
     pod_resources_timeout: float  # seconds

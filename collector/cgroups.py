@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from collector.model import OwnerKind
 
@@ -75,8 +74,7 @@ _KIND_RANK = {OwnerKind.POD: 5, OwnerKind.DOCKER: 4, OwnerKind.PODMAN: 4, OwnerK
               OwnerKind.SLURM: 3, OwnerKind.SYSTEMD: 2, OwnerKind.HOST: 1}
 
 
-@dataclass(frozen=True)
-class CgroupOwner:
+class CgroupOwner(NamedTuple):
     """What the cgroup path alone tells. kind: one of OWNER_KINDS."""
 
     kind: str

@@ -11,9 +11,7 @@ hostile names included), and promtool checks every file the tests write.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from typing import Optional
 
 GAUGE = "gauge"
 COUNTER = "counter"
@@ -46,46 +44,52 @@ def escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+_SPECIAL = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
+
+
 def format_value(value: float) -> str:
     """A float as Go's strconv writes it (what Prometheus and prometheus_client write)."""
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if math.isnan(value):
-        return "NaN"
     text = repr(float(value))
     dot = text.find(".")
-    if value > 0 and dot > 6:  # Go switches to an exponent from 1e21 down to 7 integer digits here
+    if dot > 6 and value > 0:  # Go switches to an exponent from 1e21 down to 7 integer digits here
         mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
+    if dot < 0:  # an exponent already (1e+22), or inf, -inf, nan
+        return _SPECIAL.get(text, text)
     return text
 
 
-def _label_order(labels: Sequence[str]) -> Optional[list[int]]:
-    """The positions of the label names in sorted order; None when already sorted."""
+def _sample_lines(family: Family) -> list[str]:
+    """The family's sample lines. One %-template per family holds the fixed text (name, label names in sorted
+    order, quotes); a sample's label values are escaped only when one of them needs it (one scan of them joined)."""
+    name = family.name.replace("%", "%%")
+    labels = family.labels
+    if not labels:
+        return [f"{family.name} {format_value(value)}\n" for _, value in family.samples]
     order = sorted(range(len(labels)), key=labels.__getitem__)
-    return None if order == list(range(len(labels))) else order
+    template = name + "{" + ",".join(labels[i].replace("%", "%%") + '="%s"' for i in order) + "} %s\n"
+    in_order = order == list(range(len(labels)))
+    lines: list[str] = []
+    append = lines.append
+    formatted: dict[float, str] = {}  # a family repeats its values (1, sizes, percentages): format each once
+    for values, value in family.samples:
+        ordered = tuple(values) if in_order else tuple([values[i] for i in order])
+        joined = "".join(ordered)
+        if "\\" in joined or '"' in joined or "\n" in joined:
+            ordered = tuple(map(escape_label_value, ordered))
+        text = formatted.get(value) if value else None  # 0.0 and -0.0 are one key but two texts: not cached
+        if text is None:
+            text = format_value(value)
+            if value:
+                formatted[value] = text
+        append(template % (*ordered, text))
+    return lines
 
 
 def render(families: Iterable[Family]) -> bytes:
     out: list[str] = []
-    append = out.append
     for family in families:
         name = family.name
-        append(f"# HELP {name} {escape_help(family.help)}\n")
-        append(f"# TYPE {name} {family.type}\n")
-        if not family.labels:
-            for _, value in family.samples:
-                append(f"{name} {format_value(value)}\n")
-            continue
-        order = _label_order(family.labels)
-        names = [family.labels[i] for i in order] if order else list(family.labels)
-        prefixes = [f'{label}="' for label in names]
-        prefixes[1:] = ['",' + p for p in prefixes[1:]]
-        head = name + "{"
-        for values, value in family.samples:
-            ordered = [values[i] for i in order] if order else values
-            pairs = "".join(p + escape_label_value(v) for p, v in zip(prefixes, ordered))
-            append(f'{head}{pairs}"}} {format_value(value)}\n')
+        out.append(f"# HELP {name} {escape_help(family.help)}\n# TYPE {name} {family.type}\n")
+        out += _sample_lines(family)
     return "".join(out).encode("utf-8")

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from collector import __version__
 from collector.accounting import Ledger
@@ -33,8 +32,7 @@ SEED_INFO_LABELS = ["gpu", "pid", "command", "pod", "namespace", "container", "s
 SEED_UTIL_LABELS = ["gpu", "pid", "command", "pod", "namespace"]
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """Everything one successful run exposes."""
 
     driver_version: str
@@ -51,8 +49,8 @@ class Report:
     # Allocated devices share that budget: they get the series the processes leave (unused ones first).
     max_process_series: int = DEFAULTS.max_process_series
     attribution: Optional[AttributionFacts] = None
-    activity: Mapping[str, DeviceActivity] = field(default_factory=dict)  # GPM, by device label
-    energy_mj: Mapping[str, int] = field(default_factory=dict)  # since the driver loaded, by GPU UUID
+    activity: Mapping[str, DeviceActivity] = {}  # GPM, by device label
+    energy_mj: Mapping[str, int] = {}  # since the driver loaded, by GPU UUID
     ledger: Optional[Ledger] = None  # accounting counters
     allocations: Optional[AllocationView] = None  # None: kubelet's pod-resources API did not answer this run
 

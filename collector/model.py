@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 
 class OwnerKind:
@@ -24,8 +24,7 @@ OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.CONT
                OwnerKind.SLURM, OwnerKind.HOST)
 
 
-@dataclass(frozen=True)
-class MigInfo:
+class MigInfo(NamedTuple):
     gpu_instance_id: int
     compute_instance_id: int
     profile: str
@@ -35,13 +34,12 @@ class MigInfo:
     share: float = 0.0
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
 
     # the `gpu` label (docs/seed-interface.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
     label: str
-    index: int  # the physical GPU's NVML index
+    index: int  # type: ignore[assignment]  # the physical GPU's NVML index (shadows tuple.index, as meant)
     uuid: str  # GPU-… or MIG-…
     name: str
     memory_total: Optional[int]
@@ -64,15 +62,13 @@ class Device:
         return self.mig.parent_uuid if self.mig else self.uuid
 
 
-@dataclass(frozen=True)
-class FailedGpu:
-    index: int
+class FailedGpu(NamedTuple):
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as meant
     uuid: str  # "" when NVML could not tell
     reason: str
 
 
-@dataclass(frozen=True)
-class GpuProcess:
+class GpuProcess(NamedTuple):
     """One PID on one device as NVML lists it, its lists merged (compute, graphics, MPS)."""
 
     pid: int
@@ -86,8 +82,7 @@ class GpuProcess:
     window_start: Optional[float] = None
 
 
-@dataclass(frozen=True)
-class DeviceActivity:
+class DeviceActivity(NamedTuple):
     """What NVML's GPM measured on a whole GPU or one MIG GPU instance between two samples, in percent of that
     GPU's or instance's own resources; None where a metric could not be read."""
 
@@ -98,8 +93,7 @@ class DeviceActivity:
     dram_bw_util: Optional[float]
 
 
-@dataclass(frozen=True)
-class NvmlSnapshot:
+class NvmlSnapshot(NamedTuple):
     driver_version: str
     devices: tuple[Device, ...]
     processes: tuple[GpuProcess, ...]
@@ -107,16 +101,15 @@ class NvmlSnapshot:
     # Wall-clock time (s) once every process list was read: a PID whose /proc start time is later is a reused PID.
     listed_at: float = 0.0
     # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
-    last_seen_us: dict[str, int] = field(default_factory=dict)
+    last_seen_us: dict[str, int] = {}  # noqa: RUF012 - records are never changed, so sharing it is safe
     # GPM activity by device label: a whole GPU's, or a MIG GPU instance's under the label of the unit that
     # reports its memory (Device.memory_pool). Absent where GPM is not supported.
-    activity: dict[str, DeviceActivity] = field(default_factory=dict)
+    activity: dict[str, DeviceActivity] = {}  # noqa: RUF012
     # Energy since the driver loaded, in millijoules, by physical GPU UUID (Volta and newer).
-    energy_mj: dict[str, int] = field(default_factory=dict)
+    energy_mj: dict[str, int] = {}  # noqa: RUF012
 
 
-@dataclass(frozen=True)
-class HostProcess:
+class HostProcess(NamedTuple):
     """What /proc says about a PID."""
 
     pid: int
@@ -126,8 +119,7 @@ class HostProcess:
     cmdline: tuple[str, ...] = ()  # read only when the operator opts in to the args label
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """Who a process belongs to. kind: one of OWNER_KINDS."""
 
     kind: str = OwnerKind.HOST
@@ -139,8 +131,7 @@ class Owner:
     container_id: str = ""
 
 
-@dataclass(frozen=True)
-class ProcessRecord:
+class ProcessRecord(NamedTuple):
     """A GPU process described and attributed: what the metrics are rendered from."""
 
     gpu: GpuProcess
@@ -209,8 +200,7 @@ class AllocationView:
     cdi_unresolved: Mapping[str, int]  # distinct CDI device names of claims not placed, by reason
 
 
-@dataclass(frozen=True)
-class AttributionFacts:
+class AttributionFacts(NamedTuple):
     """What attribution learnt about its own sources this run, for the self metrics."""
 
     pod_resources_up: Optional[bool]  # kubelet's List answered; None when it was not needed (no process to check)

@@ -13,8 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import pynvml
 
@@ -50,8 +49,7 @@ class _ProcessInfoR535(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     pid: int
     usedGpuMemory: Optional[int]  # the names pynvml's entries carry
     gpuInstanceId: int = NA_ID
@@ -119,32 +117,31 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-@dataclass
-class _Options:
+class _Options(NamedTuple):
     devices: Optional[Collection[int]]
     last_seen_us: Mapping[str, int]
     now_us: int
 
 
-@dataclass(frozen=True)
-class _GpmTarget:
+class _GpmTarget(NamedTuple):
     key: str  # the GPU's UUID, or "<GPU UUID>/gi<id>" for a MIG GPU instance
     label: str  # the device label its activity is reported under
     handle: Any  # the physical GPU's handle
     gpu_instance: Optional[int]  # None: the whole GPU
 
 
-@dataclass
 class _Reader:
-    options: _Options
-    gpm_support: dict[str, bool]  # by GPU UUID, kept by the session: support does not change while loaded
-    integrator: Optional[Integrator] = None  # the long-running mode's utilisation sampling
-    devices: list[Device] = field(default_factory=list)
-    processes: list[GpuProcess] = field(default_factory=list)
-    failed: list[FailedGpu] = field(default_factory=list)
-    last_seen_us: dict[str, int] = field(default_factory=dict)
-    gpm_targets: list[_GpmTarget] = field(default_factory=list)
-    energy_mj: dict[str, int] = field(default_factory=dict)
+    def __init__(self, options: _Options, gpm_support: dict[str, bool],
+                 integrator: Optional[Integrator] = None) -> None:
+        self.options = options
+        self.gpm_support = gpm_support  # by GPU UUID, kept by the session: support does not change while loaded
+        self.integrator = integrator  # the long-running mode's utilisation sampling
+        self.devices: list[Device] = []
+        self.processes: list[GpuProcess] = []
+        self.failed: list[FailedGpu] = []
+        self.last_seen_us: dict[str, int] = {}
+        self.gpm_targets: list[_GpmTarget] = []
+        self.energy_mj: dict[str, int] = {}
 
     def read_gpu(self, index: int) -> None:
         uuid = ""
@@ -175,7 +172,7 @@ class _Reader:
         minor = _minor(handle)
         # Only once the whole GPU was read: a GPU that fails half-way reports nothing but its failure.
         for read, unit_entries in per_unit:
-            unit = replace(read, minor=minor)
+            unit = read._replace(minor=minor)
             self.devices.append(unit)
             self.processes.extend(_merge(unit, unit_entries, activity))
         if energy is not None:
@@ -360,8 +357,7 @@ class Integrator:
             self.last_tick[uuid] = now
 
 
-@dataclass(frozen=True)
-class Activity:
+class Activity(NamedTuple):
     sm_percent: float  # time-weighted mean SM % over the process's kept entries
     active: bool  # some kept entry shows SM activity
     busy_seconds: Optional[float] = None  # the long-running mode's integral, and since when

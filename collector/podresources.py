@@ -13,8 +13,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,7 @@ class PodResourcesUnavailable(Exception):
     """The API could not be used this run; the message says why in one line."""
 
 
-@dataclass(frozen=True)
-class DeviceRef:
+class DeviceRef(NamedTuple):
     """A device id as kubelet lists it, in the shapes NVIDIA's device plugin and GKE write.
 
     uuid: a GPU- or MIG- UUID; or index (+ gpu_instance) for GKE's nvidia<N>[/gi<M>], where N is the GPU's
@@ -44,7 +42,7 @@ class DeviceRef:
 
     raw: str
     uuid: str = ""
-    index: Optional[int] = None
+    index: Optional[int] = None  # type: ignore[assignment]  # shadows tuple.index, as meant
     gpu_instance: Optional[int] = None
     compute_instance: Optional[int] = None
     replica: Optional[int] = None
@@ -77,8 +75,7 @@ def is_gpu_resource(name: str, extra: Iterable[str] = ()) -> bool:
     return name in GPU_RESOURCES or name.startswith(MIG_RESOURCE_PREFIX) or name in set(extra)
 
 
-@dataclass(frozen=True)
-class ClaimDevice:
+class ClaimDevice(NamedTuple):
     """One device of a DRA claim as kubelet lists it (ClaimResource): the driver/pool/device triplet (empty
     before Kubernetes 1.31) and the CDI device names the runtime applied."""
 
@@ -95,8 +92,7 @@ class ClaimDevice:
         return (self.driver, self.pool, self.device) if self.device else self.cdi_devices
 
 
-@dataclass(frozen=True)
-class ContainerAllocation:
+class ContainerAllocation(NamedTuple):
     namespace: str
     pod: str
     container: str
@@ -123,7 +119,7 @@ def allocations(response: Any, resource_names: Iterable[str] = ()) -> list[Conta
                         log.info("pod %s/%s: device id %r of %s has no known shape (its container's allocation is "
                                  "not fully known)", pod.namespace, pod.name, device_id, devices.resource_name)
                         ref = DeviceRef(raw=device_id)
-                    refs.append(replace(ref, resource=devices.resource_name))
+                    refs.append(ref._replace(resource=devices.resource_name))
             claims = [ClaimDevice(claim=f"{dynamic.claim_namespace}/{dynamic.claim_name}", driver=r.driver_name,
                                   pool=r.pool_name, device=r.device_name,
                                   cdi_devices=tuple(d.name for d in r.cdi_devices))

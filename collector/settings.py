@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 TEXTFILE_NAME = "gpu_processes.prom"
 POD_RESOURCES_SOCKET = "var/lib/kubelet/pod-resources/kubelet.sock"  # under the host root
@@ -21,8 +20,7 @@ class UsageError(Exception):
     """Bad command line or configuration (exit 2)."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     textfile_dir: Optional[str] = None  # None: print the metrics instead of writing TEXTFILE_NAME there
     host_root: str = "/"
     state_dir: str = "/var/lib/gpu-proc-collector"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid as uuidlib
-from dataclasses import replace
 from typing import Any, Optional
 
 import pytest
@@ -51,7 +50,7 @@ DEVICES = [
 
 
 def _allocation(pod: str, *ids: str, resource: str = "nvidia.com/gpu") -> ContainerAllocation:
-    refs = tuple(replace(parse_device_id(raw) or DeviceRef(raw=raw), resource=resource) for raw in ids)
+    refs = tuple((parse_device_id(raw) or DeviceRef(raw=raw))._replace(resource=resource) for raw in ids)
     return ContainerAllocation("ml", pod, "main", refs)
 
 
