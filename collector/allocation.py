@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from collector.cdi import CdiUnresolved, MigCap, SpecIndex, log_once, node_refs, parse_qualified, read_mig_caps
 from collector.model import (
@@ -222,8 +221,7 @@ class AllocationIndex:
         return self.by_pod.get(pod, set()), complete
 
 
-@dataclass(frozen=True)
-class History:
+class History(NamedTuple):
     """What the state keeps per allocated device: since when it has gone unused, and the pod's UID when known
     (kubelet's List has no UID; a new pod under an old name must not inherit the old one's idle time)."""
 

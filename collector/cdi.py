@@ -20,8 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from collector import miniyaml
 
@@ -67,15 +66,13 @@ def parse_qualified(name: str) -> Optional[tuple[str, str]]:
     return kind, device
 
 
-@dataclass(frozen=True)
-class CdiDevice:
+class CdiDevice(NamedTuple):
     name: str  # fully qualified
     spec: str  # the file that defines it
     nodes: tuple[str, ...]  # host paths of its device nodes: its own and its spec's common ones
 
 
-@dataclass(frozen=True)
-class NodeRefs:
+class NodeRefs(NamedTuple):
     """The GPU device nodes among a device's nodes: GPU minors, and MIG capability minors."""
 
     gpus: frozenset[int]
@@ -249,8 +246,7 @@ class SpecIndex:
         return None
 
 
-@dataclass(frozen=True)
-class MigCap:
+class MigCap(NamedTuple):
     gpu_minor: int
     gpu_instance: int
     compute_instance: Optional[int]  # None: the GPU instance's own capability

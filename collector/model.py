@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 
@@ -151,8 +150,7 @@ class ProcessRecord(NamedTuple):
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
 
 
-@dataclass(frozen=True)
-class AllocationTarget:
+class AllocationTarget(NamedTuple):
     """What one allocated device stands for on this host: a whole GPU, one MIG instance, or a MIG GPU instance.
 
     label: the `gpu` label: the unit's own ("0", "4_1_0"); for a whole GPU in MIG mode its index ("4"); for a GPU
@@ -179,8 +177,7 @@ CDI_UNRESOLVED_REASONS = (
 )
 
 
-@dataclass(frozen=True)
-class AllocationUse:
+class AllocationUse(NamedTuple):
     """One device kubelet allocated to one container, and whether a process of that container used it this run."""
 
     namespace: str
@@ -191,8 +188,7 @@ class AllocationUse:
     idle_seconds: float  # since the allocation was last seen in use (or first seen), 0 when in use
 
 
-@dataclass(frozen=True)
-class AllocationView:
+class AllocationView(NamedTuple):
     """kubelet's allocation as this run saw it: counts per container and resource, use per allocated device."""
 
     devices: Mapping[tuple[str, str, str, str], int]  # (namespace, pod, container, resource) -> distinct devices
