@@ -13,6 +13,7 @@ from collector.accounting import Ledger
 from collector.exposition import COUNTER, Family, render
 from collector.model import (
     CDI_UNRESOLVED_REASONS,
+    EMPTY,
     METADATA_MISS_REASONS,
     AllocationUse,
     AllocationView,
@@ -49,8 +50,8 @@ class Report(NamedTuple):
     # Allocated devices share that budget: they get the series the processes leave (unused ones first).
     max_process_series: int = DEFAULTS.max_process_series
     attribution: Optional[AttributionFacts] = None
-    activity: Mapping[str, DeviceActivity] = {}  # GPM, by device label
-    energy_mj: Mapping[str, int] = {}  # since the driver loaded, by GPU UUID
+    activity: Mapping[str, DeviceActivity] = EMPTY  # GPM, by device label
+    energy_mj: Mapping[str, int] = EMPTY  # since the driver loaded, by GPU UUID
     ledger: Optional[Ledger] = None  # accounting counters
     allocations: Optional[AllocationView] = None  # None: kubelet's pod-resources API did not answer this run
 

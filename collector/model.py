@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, Optional
+from types import MappingProxyType
+from typing import Any, NamedTuple, Optional
+
+# The default of a record's mapping field: read-only, so the one instance every record shares cannot be changed
+# through any of them (a record that needs entries is given a mapping of its own).
+EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 
 class OwnerKind:
@@ -100,12 +105,12 @@ class NvmlSnapshot(NamedTuple):
     # Wall-clock time (s) once every process list was read: a PID whose /proc start time is later is a reused PID.
     listed_at: float = 0.0
     # The newest utilisation sample timestamp (µs) per physical GPU UUID, for the next run's query.
-    last_seen_us: dict[str, int] = {}  # noqa: RUF012 - records are never changed, so sharing it is safe
+    last_seen_us: Mapping[str, int] = EMPTY
     # GPM activity by device label: a whole GPU's, or a MIG GPU instance's under the label of the unit that
     # reports its memory (Device.memory_pool). Absent where GPM is not supported.
-    activity: dict[str, DeviceActivity] = {}  # noqa: RUF012
+    activity: Mapping[str, DeviceActivity] = EMPTY
     # Energy since the driver loaded, in millijoules, by physical GPU UUID (Volta and newer).
-    energy_mj: dict[str, int] = {}  # noqa: RUF012
+    energy_mj: Mapping[str, int] = EMPTY
 
 
 class HostProcess(NamedTuple):
