@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from collector.model import DeviceActivity, ProcessRecord
+from collector.model import DeviceActivity, Mutable, ProcessRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +36,36 @@ OwnerKey = tuple[str, str, str, str]  # owner_kind, owner, namespace, pod
 UNATTRIBUTED_KEY: OwnerKey = (UNATTRIBUTED, "", "", "")
 
 
-@dataclass
-class OwnerUsage:
-    gpu_seconds: float = 0.0
-    sm_seconds: float = 0.0
-    memory_byte_seconds: float = 0.0
-    energy_joules: float = 0.0
-    last_seen: float = 0.0
+class OwnerUsage(Mutable):
+    """One owner's counters; a run adds to a copy of the previous run's."""
+
+    FIELDS = ("gpu_seconds", "sm_seconds", "memory_byte_seconds", "energy_joules", "last_seen")
+    __slots__ = FIELDS
+
+    def __init__(self, gpu_seconds: float = 0.0, sm_seconds: float = 0.0, memory_byte_seconds: float = 0.0,
+                 energy_joules: float = 0.0, last_seen: float = 0.0) -> None:
+        self.gpu_seconds = gpu_seconds
+        self.sm_seconds = sm_seconds
+        self.memory_byte_seconds = memory_byte_seconds
+        self.energy_joules = energy_joules
+        self.last_seen = last_seen
+
+    def copy(self) -> OwnerUsage:
+        return OwnerUsage(self.gpu_seconds, self.sm_seconds, self.memory_byte_seconds, self.energy_joules,
+                          self.last_seen)
 
 
-@dataclass
-class Ledger:
-    owners: dict[OwnerKey, OwnerUsage] = field(default_factory=dict)
-    processes: dict[str, float] = field(default_factory=dict)  # process key -> SM seconds (per-process counter)
-    energy_mj: dict[str, int] = field(default_factory=dict)  # the last energy reading per GPU UUID
-    gap_seconds: float = 0.0
+class Ledger(Mutable):
+    FIELDS = ("owners", "processes", "energy_mj", "gap_seconds")
+    __slots__ = FIELDS
+
+    def __init__(self, owners: Optional[dict[OwnerKey, OwnerUsage]] = None,
+                 processes: Optional[dict[str, float]] = None, energy_mj: Optional[dict[str, int]] = None,
+                 gap_seconds: float = 0.0) -> None:
+        self.owners: dict[OwnerKey, OwnerUsage] = {} if owners is None else owners
+        self.processes: dict[str, float] = {} if processes is None else processes  # process key -> SM seconds
+        self.energy_mj: dict[str, int] = {} if energy_mj is None else energy_mj  # the last reading per GPU UUID
+        self.gap_seconds = gap_seconds
 
 
 def owner_key(record: ProcessRecord) -> OwnerKey:
@@ -63,7 +77,7 @@ def account(previous: Ledger, records: Sequence[ProcessRecord], process_keys: Se
             activity: Mapping[str, DeviceActivity], energy_mj: Mapping[str, int], *, last_success: Optional[float],
             now: float, nominal_interval: float) -> Ledger:
     """The ledger after this run. process_keys[i] names records[i] across runs (state.process_key)."""
-    ledger = Ledger(owners={k: OwnerUsage(**vars(v)) for k, v in previous.owners.items()},
+    ledger = Ledger(owners={k: v.copy() for k, v in previous.owners.items()},
                     energy_mj=dict(energy_mj), gap_seconds=previous.gap_seconds)
     span = _accountable_span(ledger, last_success, now, nominal_interval)
     sm = _sm_seconds(records, activity, span, now) if span else [0.0] * len(records)
@@ -171,7 +185,7 @@ def _add_energy(ledger: Ledger, before: Mapping[str, int], now_mj: Mapping[str, 
 
 # ---- the ledger in the state file ----
 
-_USAGE_FIELDS = ("gpu_seconds", "sm_seconds", "memory_byte_seconds", "energy_joules", "last_seen")
+_USAGE_FIELDS = OwnerUsage.FIELDS  # a row's columns after the owner key
 
 
 def to_json(ledger: Ledger) -> dict[str, Any]:

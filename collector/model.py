@@ -1,4 +1,9 @@
-"""Records passed between the pipeline's stages. Frozen: a stage never edits what an earlier one produced."""
+"""Records passed between the pipeline's stages. Frozen: a stage never edits what an earlier one produced.
+
+Records are typing.NamedTuple, not dataclasses: importing dataclasses and generating a class with it cost a timer
+run far more than a NamedTuple does (docs/performance.md). The few mutable ones (accounting's counters, the
+state) are plain classes with __slots__ on `Mutable`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,29 @@ from typing import Any, NamedTuple, Optional
 # The default of a record's mapping field: read-only, so the one instance every record shares cannot be changed
 # through any of them (a record that needs entries is given a mapping of its own).
 EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+
+class Mutable:
+    """Base of the mutable records: equal when of one class with equal fields, and shown field by field, as the
+    dataclasses they replace were. A subclass names its fields in FIELDS, in its __init__'s order, and in
+    __slots__."""
+
+    __slots__ = ()
+    FIELDS: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Mutable)
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a dataclass with eq
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.FIELDS)})"
 
 
 class OwnerKind:

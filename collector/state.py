@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from collector import accounting
 from collector.accounting import Ledger
 from collector.allocation import History, HistoryKey
+from collector.model import Mutable
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,21 @@ STATE_VERSION = 2  # 2 added the accounting ledger; a version 1 file is read, it
 STATE_FILE = "state.json"
 
 
-@dataclass
-class State:
-    last_success: Optional[float] = None
-    last_seen_us: dict[str, int] = field(default_factory=dict)
-    last_active: dict[str, float] = field(default_factory=dict)
-    ledger: Ledger = field(default_factory=Ledger)  # accounting counters (collector.accounting)
-    allocations: dict[HistoryKey, History] = field(default_factory=dict)
+class State(Mutable):
+    """A plain class, not a NamedTuple: each State needs a Ledger (mutable) of its own, which a NamedTuple's
+    default, one instance for all, cannot give."""
+
+    FIELDS = ("last_success", "last_seen_us", "last_active", "ledger", "allocations")
+    __slots__ = FIELDS
+
+    def __init__(self, last_success: Optional[float] = None, last_seen_us: Optional[dict[str, int]] = None,
+                 last_active: Optional[dict[str, float]] = None, ledger: Optional[Ledger] = None,
+                 allocations: Optional[dict[HistoryKey, History]] = None) -> None:
+        self.last_success = last_success
+        self.last_seen_us: dict[str, int] = {} if last_seen_us is None else last_seen_us
+        self.last_active: dict[str, float] = {} if last_active is None else last_active
+        self.ledger = Ledger() if ledger is None else ledger  # accounting counters (collector.accounting)
+        self.allocations: dict[HistoryKey, History] = {} if allocations is None else allocations
 
 
 def _number(value: Any) -> Optional[float]:
