@@ -130,6 +130,17 @@ class _GpmTarget(NamedTuple):
     gpu_instance: Optional[int]  # None: the whole GPU
 
 
+class _OpenGpu(NamedTuple):
+    """A GPU whose units are known and whose processes are not read yet."""
+
+    number: int  # its NVML index
+    handle: Any
+    uuid: str
+    name: str
+    mig_units: Optional[list[tuple[Device, Any]]]  # (compute instance, its handle); None: not in MIG mode
+    gpm_targets: tuple[_GpmTarget, ...]
+
+
 class _Reader:
     def __init__(self, options: _Options, gpm_support: dict[str, bool],
                  integrator: Optional[Integrator] = None) -> None:
@@ -143,28 +154,39 @@ class _Reader:
         self.gpm_targets: list[_GpmTarget] = []
         self.energy_mj: dict[str, int] = {}
 
-    def read_gpu(self, index: int) -> None:
+    def open_gpu(self, index: int) -> Optional[_OpenGpu]:
+        """A GPU's handle, its MIG units and its GPM targets; None when it failed (recorded as failed)."""
         uuid = ""
         try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-            self._read_gpu(index, handle, uuid)
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            mig_units = list(self._mig_units(index, handle, uuid, name)) if self._mig_enabled(handle) else None
+            return _OpenGpu(index, handle, uuid, name, mig_units, self._gpm_targets(index, handle, uuid, mig_units))
         except (_GpuFailed, pynvml.NVMLError) as err:
             self._fail(index, uuid, str(err))
+            return None
+
+    def read_gpu(self, gpu: _OpenGpu) -> None:
+        """An opened GPU's processes, utilisation, energy and minor number."""
+        try:
+            self._read_gpu(gpu)
+        except (_GpuFailed, pynvml.NVMLError) as err:
+            self._fail(gpu.number, gpu.uuid, str(err))
 
     def _fail(self, index: int, uuid: str, reason: str) -> None:
         log.warning("GPU %d%s skipped: %s", index, f" ({uuid})" if uuid else "", reason)
         self.failed.append(FailedGpu(index=index, uuid=uuid, reason=reason))
 
-    def _read_gpu(self, index: int, handle: Any, uuid: str) -> None:
-        name = _text(pynvml.nvmlDeviceGetName(handle))
-        if self._mig_enabled(handle):
-            units = list(self._mig_units(index, handle, uuid, name))
-            per_unit = _entries_by_instance([(unit, self._process_lists(h)) for unit, h in units])
+    def _read_gpu(self, gpu: _OpenGpu) -> None:
+        index, handle, uuid = gpu.number, gpu.handle, gpu.uuid
+        if gpu.mig_units is not None:
+            per_unit = _entries_by_instance([(unit, self._process_lists(h)) for unit, h in gpu.mig_units])
             activity: Optional[dict[int, Activity]] = None  # NVML: not supported on MIG
         else:
             total, used = _memory(handle)
-            unit = Device(label=str(index), index=index, uuid=uuid, name=name, memory_total=total, memory_used=used)
+            unit = Device(label=str(index), index=index, uuid=uuid, name=gpu.name, memory_total=total,
+                          memory_used=used)
             entries = self._process_lists(handle)
             per_unit = [(unit, entries)]
             activity = self._activity(handle, uuid, {int(e.pid) for e in entries})
@@ -177,12 +199,19 @@ class _Reader:
             self.processes.extend(_merge(unit, unit_entries, activity))
         if energy is not None:
             self.energy_mj[uuid] = energy
-        if self._gpm_supported(handle, uuid):
-            if per_unit[0][0].mig is None:
-                self.gpm_targets.append(_GpmTarget(key=uuid, label=str(index), handle=handle, gpu_instance=None))
-            pools = {(u.mig.gpu_instance_id, u.memory_pool) for u, _ in per_unit if u.mig}
-            self.gpm_targets.extend(_GpmTarget(key=f"{uuid}/gi{gi}", label=pool, handle=handle, gpu_instance=gi)
-                                    for gi, pool in sorted(pools))
+        self.gpm_targets.extend(gpu.gpm_targets)
+
+    def _gpm_targets(self, index: int, handle: Any, uuid: str,
+                     mig_units: Optional[Sequence[tuple[Device, Any]]]) -> tuple[_GpmTarget, ...]:
+        """The whole GPU, or each of its MIG GPU instances under the label of the unit that reports its memory;
+        none where GPM is not supported."""
+        if not self._gpm_supported(handle, uuid):
+            return ()
+        if mig_units is None:
+            return (_GpmTarget(key=uuid, label=str(index), handle=handle, gpu_instance=None),)
+        pools = {(u.mig.gpu_instance_id, u.memory_pool) for u, _ in mig_units if u.mig}
+        return tuple(_GpmTarget(key=f"{uuid}/gi{gi}", label=pool, handle=handle, gpu_instance=gi)
+                     for gi, pool in sorted(pools))
 
     def _gpm_supported(self, handle: Any, uuid: str) -> bool:
         if uuid not in self.gpm_support:
@@ -454,21 +483,30 @@ def _gpm_supported(handle: Any) -> bool:
 
 
 class _Gpm:
-    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_MIN_INTERVAL_S apart (a sleep:
-    wall time, no CPU). In the long-running mode each measurement's second sample is the next one's first, so
-    the activity spans the whole interval between two writes."""
+    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_MIN_INTERVAL_S apart at least:
+    the first ones before the process lists are read (start), the second ones once everything else is (measure),
+    which sleeps only what is left of the interval (wall time, no CPU). In the long-running mode each
+    measurement's second sample is the next one's first, so the activity spans the whole interval between two
+    writes."""
 
     def __init__(self, keep: bool) -> None:
         self.keep = keep
         self.previous: dict[str, tuple[float, Any]] = {}  # target key -> (monotonic time, sample)
+        self.firsts: dict[str, tuple[float, Any]] = {}  # the same, for the measurement in progress
 
-    def measure(self, targets: Sequence[_GpmTarget]) -> dict[str, DeviceActivity]:
-        firsts: dict[str, tuple[float, Any]] = {}
+    def start(self, targets: Iterable[_GpmTarget]) -> None:
+        """Each target's first sample: the one kept from the last measurement, or one taken now."""
         for target in targets:
             first = self.previous.pop(target.key, None) or self._sample(target)
             if first is not None:
-                firsts[target.key] = first
-        self.release()  # samples of targets gone since the last measurement
+                self.firsts[target.key] = first
+        _drop(self.previous)  # samples of targets gone since the last measurement
+
+    def measure(self, targets: Sequence[_GpmTarget]) -> dict[str, DeviceActivity]:
+        """The activity of each target since its first sample (taken now where start() did not take one)."""
+        self.start([target for target in targets if target.key not in self.firsts])
+        firsts = {target.key: self.firsts.pop(target.key) for target in targets if target.key in self.firsts}
+        _drop(self.firsts)  # targets not measured: their GPU failed after its first sample
         if firsts:
             time.sleep(max(0.0, max(t for t, _ in firsts.values()) + GPM_MIN_INTERVAL_S - time.monotonic()))
         out: dict[str, DeviceActivity] = {}
@@ -507,9 +545,14 @@ class _Gpm:
         return time.monotonic(), sample
 
     def release(self) -> None:
-        for _, sample in self.previous.values():
-            _free(sample)
-        self.previous.clear()
+        _drop(self.previous)
+        _drop(self.firsts)
+
+
+def _drop(samples: dict[str, tuple[float, Any]]) -> None:
+    for _, sample in samples.values():
+        _free(sample)
+    samples.clear()
 
 
 def _free(sample: Any) -> None:
@@ -651,9 +694,13 @@ class Session:
             raise NvmlUnavailable(f"NVML cannot list GPUs: {err}") from None
         reader = _Reader(_Options(devices=devices, last_seen_us=last_seen_us, now_us=now_us), self._gpm_support,
                          self.integrator)
-        for index in range(count):
-            if devices is None or index in devices:
-                reader.read_gpu(index)
+        opened = [reader.open_gpu(index) for index in range(count) if devices is None or index in devices]
+        gpus = [gpu for gpu in opened if gpu is not None]
+        # The first GPM samples before any process list, the second ones after every other read (measure below):
+        # a timer run's 100 ms between the two passes while the GPUs are read, not after.
+        self._gpm.start([target for gpu in gpus for target in gpu.gpm_targets])
+        for gpu in gpus:
+            reader.read_gpu(gpu)
         listed_at = time.time()  # every process list has been read by now
         if self.integrator is not None:
             self.integrator.new_window(now_us / 1_000_000)

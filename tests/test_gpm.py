@@ -3,9 +3,16 @@ it tells about the processes of a MIG instance (docs/nvml-driver.md, README "Wha
 
 from __future__ import annotations
 
-from tests.conftest import Host, Result
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.conftest import FAKE_NVML, REPO, Host, Result
 from tests.podsim import PodHost
-from tests.simhost import GIB, Gpu, gpu_instance, mig_instance, proc, scenario
+from tests.simhost import GIB, Gpu, gpu_instance, mig_instance, proc, scenario, write_scenario
 
 ACTIVITY = {"gpu_device_sm_utilization_percent": "sm_util", "gpu_device_sm_occupancy_percent": "sm_occupancy",
             "gpu_device_tensor_active_percent": "any_tensor_util",
@@ -74,3 +81,48 @@ def test_mig_without_gpm_support_stays_unknown(host: Host) -> None:
     result = host.run(scenario([Gpu(0, mig=instances)]))
     assert result.value("gpu_process_info", pid="821", status="unknown") == 1
     assert not result.series("gpu_process_utilization")
+
+
+TRACED_READ = """
+import json, time
+from collector import nvml
+
+events, slept = [], []
+sample, process_lists, pause = nvml._Gpm._sample, nvml._Reader._process_lists, time.sleep
+
+def traced_sample(target):
+    events.append(("gpm", target.key, time.monotonic()))
+    return sample(target)
+
+def slow_process_lists(handle):  # 60 ms per list, as a busy driver might take
+    events.append(("list", "", time.monotonic()))
+    pause(0.06)
+    return process_lists(handle)
+
+nvml._Gpm._sample = staticmethod(traced_sample)
+nvml._Reader._process_lists = staticmethod(slow_process_lists)
+nvml.time.sleep = lambda seconds: slept.append(seconds)  # the GPM wait only: the lists above keep their pause
+snapshot = nvml.read_snapshot(None, {}, int(time.time() * 1_000_000))
+print(json.dumps({"events": events, "slept": slept, "activity": sorted(snapshot.activity)}))
+"""
+
+
+def test_a_timer_run_samples_gpm_around_the_process_lists_not_after_them(tmp_path: Path) -> None:
+    """The first GPM samples come before any process list, the second ones after all of them; reads that take
+    the 100 ms between the samples leave nothing to sleep."""
+    instances = [mig_instance(1, slot=0, gi=1, ci=0, profile="1g.10gb", total_gib=10, compute=[proc(831, GIB)])]
+    document = scenario([Gpu(0, compute=[proc(830, GIB)], gpm=gpm(50.0)),
+                         Gpu(1, mig=instances, gpu_instances=[gpu_instance(1, total_gib=10, used=GIB, gpm=gpm(20.0))],
+                             gpm={"supported": True})])
+    env = {**os.environ, "LD_LIBRARY_PATH": str(FAKE_NVML), "PYTHONPATH": str(REPO),
+           "FAKE_NVML_SCENARIO": str(write_scenario(tmp_path / "scenario.json", document))}
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(TRACED_READ)], capture_output=True, env=env,
+                         timeout=60, check=False)
+    assert run.returncode == 0, run.stderr.decode()
+    got = json.loads(run.stdout.decode().splitlines()[-1])
+    kinds = [kind for kind, _, _ in got["events"]]
+    keys = [key for kind, key, _ in got["events"] if kind == "gpm"]
+    assert kinds == ["gpm", "gpm", "list", "list", "gpm", "gpm"], got["events"]
+    assert sorted(keys[:2]) == sorted(keys[2:]) == sorted(set(keys))  # each target: one sample before, one after
+    assert got["slept"] == [0.0]  # 120 ms of lists already spaced the samples
+    assert got["activity"] == ["0", "1_1_0"]
