@@ -83,6 +83,14 @@ def test_mig_without_gpm_support_stays_unknown(host: Host) -> None:
     assert not result.series("gpu_process_utilization")
 
 
+
+def test_a_gpm_capable_gpu_in_mig_mode_without_instances_does_not_fail_the_run(host: Host) -> None:
+    result = host.run(scenario([Gpu(0, mig=[], gpm={"supported": True}), Gpu(1, gpm=gpm(5.0))]))
+    assert result.returncode == 0, result.stderr
+    assert result.value("gpu_proc_collector_up") == 1
+    assert activity(result, "1")["sm_util"] == 5.0
+
+
 TRACED_READ = """
 import json, time
 from collector import nvml
