@@ -15,7 +15,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -153,6 +152,8 @@ def notify(message: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
+    import socket  # noqa: PLC0415 - only under systemd's Type=notify: a timer run does not pay its ~2 ms import
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
