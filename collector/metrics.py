@@ -187,7 +187,7 @@ class _ReportFamilies:
             "gpu_process_sm_seconds_total",
             "SM-busy seconds of the process, in whole-GPU seconds, since the collector first saw it.",
             ["gpu", "gpu_uuid", "pid", "command", *k8s], COUNTER))
-        usage = ["owner_kind", "owner", *k8s[:2]]
+        usage = ["owner_kind", "owner", k8s[1], k8s[0]]  # the ledger keys: namespace, then pod
         self.usage = {
             "gpu_seconds": self._declare(Family(
                 "gpu_owner_gpu_seconds_total", "Seconds a GPU or MIG instance was held by at least one of the "

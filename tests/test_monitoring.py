@@ -4,107 +4,48 @@ the recording rules answer what the scenario implies; vanished processes vanish;
 from __future__ import annotations
 
 import json
-import socket
+import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
-import requests
 
 from tests.conftest import REPO, Host, require_tool
 from tests.podsim import PodHost, pod_resources_server
+from tests.promstack import Prometheus, processes, start_node_exporter, start_prometheus
 from tests.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
 RULES = REPO / "monitoring/prometheus/gpu-proc-collector.rules.yml"
 DASHBOARD = REPO / "monitoring/grafana/gpu-proc-collector.json"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
-class Stack:
-    prometheus: str
+class Stack(Prometheus):
     node_exporter: str
     textfile_dir: Path
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        response = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-        body = response.json()
-        assert body["status"] == "success", (expr, body)
-        return list(body["data"]["result"])
-
-    def by(self, expr: str, label: str) -> dict[str, float]:
-        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr)}
-
-    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.25)
-        pytest.fail(f"timed out waiting for {what}")
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args} exited {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not come up")
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    node_exporter = require_tool("prometheus-node-exporter")
-    prometheus = require_tool("prometheus")
     work = Path(tempfile.mkdtemp(prefix="gpc-mon-"))
     textfile_dir = work / "textfile"
     textfile_dir.mkdir()
-    ne_port, prom_port = free_port(), free_port()
-    config = work / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "node", "honor_labels": True,
-                            "static_configs": [{"targets": [f"127.0.0.1:{ne_port}"]}]}],
-    }))
-    procs = [
-        subprocess.Popen([node_exporter, "--collector.disable-defaults", "--collector.textfile",
-                          f"--collector.textfile.directory={textfile_dir}",
-                          f"--web.listen-address=127.0.0.1:{ne_port}"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
-        subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
-    ]
     try:
-        _wait_http(f"http://127.0.0.1:{ne_port}/metrics", procs[0])
-        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", procs[1])
-        yield Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{ne_port}", textfile_dir)
+        with processes(work / "logs") as procs:
+            node_exporter = start_node_exporter(procs, textfile_dir)
+            prometheus = start_prometheus(procs, work, {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [{"job_name": "node", "honor_labels": True,
+                                    "static_configs": [{"targets": [node_exporter]}]}],
+            })
+            yield Stack(prometheus.url, f"http://{node_exporter}", textfile_dir)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -253,8 +194,8 @@ def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(h
     assert set(stack.by(panels["Allocated but unused GPUs"], "pod")) == {"sneaky", "reserved"}
     assert stack.by(panels["Pods with active GPU processes"], "pod") == active
 
-    for title, expr in dashboard_queries():
-        assert stack.query(expr), f"panel {title!r}: {expr} returned no series"
+    for title, expr in dashboard_queries():  # increase() needs two scrapes of the counters: wait for them
+        stack.wait(lambda expr=expr: bool(stack.query(expr)), f"panel {title!r}: {expr} to return series")
 
     # A second run with two processes gone: their series vanish from Prometheus at the next scrape.
     fewer = [w for w in WORKLOADS if w.pid not in (101, 111)]
@@ -284,15 +225,18 @@ def dashboard_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     queries = []
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
-            expr = target["expr"].replace("$node", ".*").replace("$namespace", ".*")
+        for target in panel.get("targets", ()):  # a row has none
+            expr = target["expr"]
+            for variable, value in (("$node", ".*"), ("$namespace", ".*"), ("$__range", "1h"),
+                                    ("$price_per_gpu_hour", "2.5"), ("$price_per_kwh", "0.15")):
+                expr = expr.replace(variable, value)
             queries.append((panel["title"], expr))
     return queries
 
 
 def test_dashboard_has_the_seed_panels_and_template_variables() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
     assert any("gpu_process_count" in e for e in exprs)
     assert any(e.startswith("avg by (namespace) (gpu_process_utilization") for e in exprs)
     assert any(e.startswith("gpu_process_memory_utilization") for e in exprs)
@@ -301,7 +245,7 @@ def test_dashboard_has_the_seed_panels_and_template_variables() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert {"node", "namespace"} <= set(variables)
-    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
 
 
 def test_alert_rules_pass_promtool_unit_tests() -> None:
