@@ -16,6 +16,7 @@ and exits 1 when a goal is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -72,10 +73,9 @@ class Service:
     def show(self, pids: list[int], sampled: bool = True) -> None:
         """The driver now lists these PIDs, with fresh samples; loaded now, not inside the next measurement."""
         update_scenario(self.scenario, document(pids, sampled))
-        try:
-            pynvml.nvmlSystemGetDriverVersion()  # any call makes the stand-in reload a changed scenario
-        except pynvml.NVMLError_Uninitialized:
-            pass  # before the first cycle: the session's init reads it
+        # Any call makes the stand-in reload a changed scenario; before the first cycle, the session's init reads it.
+        with contextlib.suppress(pynvml.NVMLError_Uninitialized):
+            pynvml.nvmlSystemGetDriverVersion()
 
     def cycle(self) -> None:
         code, self.previous = runner.one_collection(self.settings, self.previous, self.session)
