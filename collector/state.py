@@ -116,6 +116,7 @@ def save(state_dir: str, state: State) -> None:
     }
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        atomic_write(os.path.join(state_dir, STATE_FILE), json.dumps(document, sort_keys=True).encode(), mode=0o600)
+        text = json.dumps(document, separators=(",", ":"))  # compact: the file holds every process and owner
+        atomic_write(os.path.join(state_dir, STATE_FILE), text.encode(), mode=0o600)
     except (OSError, WriteError) as err:
         log.warning("state not saved (the next run reads the last minute of samples again): %s", err)
