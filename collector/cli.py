@@ -1,5 +1,6 @@
 """Command line: options and config file into one Settings record, then one collection, or one per --interval
-(collector.runner). Exit code 2 is a bad command line or configuration; the others are the runner's.
+(collector.runner), or the host check (--check, collector.check). Exit code 2 is a bad command line or
+configuration; the others are the runner's, or the check's.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {d.sample_interval:g})")
     parser.add_argument("--config", metavar="FILE", help="JSON file with any of: " + ", ".join(CONFIG_TYPES))
     parser.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {d.log_level}")
+    parser.add_argument("--check", action="store_true",
+                        help="check this host instead of collecting (NVML and the GPUs, kubelet's socket, runtime "
+                        "files, the textfile and state directories): one ok/warning/error line per finding, exit 1 "
+                        "on any error; writes no metrics")
+    parser.add_argument("--expect-gpus", metavar="N", type=int,
+                        help="with --check: an error unless NVML lists exactly N GPUs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -93,7 +100,10 @@ def load_config(path: str) -> dict[str, Any]:
 
 def settings(argv: Optional[Sequence[str]]) -> Settings:
     """The config file's values, overridden by the command line's. Raises UsageError."""
-    args = build_parser().parse_args(argv)
+    return _settings(build_parser().parse_args(argv))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     values: dict[str, Any] = load_config(args.config) if args.config else {}
     for key in CONFIG_TYPES:
         value = getattr(args, key, None)
@@ -106,12 +116,21 @@ def settings(argv: Optional[Sequence[str]]) -> Settings:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(stream=sys.stderr, format="gpu-proc-collector: %(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
     try:
-        current = settings(argv)
+        if args.expect_gpus is not None and not args.check:
+            raise UsageError("--expect-gpus is valid only with --check")
+        if args.expect_gpus is not None and args.expect_gpus < 0:
+            raise UsageError("--expect-gpus takes a number of GPUs, 0 or more")
+        current = _settings(args)
     except UsageError as err:
         print(f"gpu-proc-collector: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     logging.getLogger().setLevel(current.log_level.upper())
+    if args.check:
+        from collector.check import run_check  # noqa: PLC0415 - a run never needs it
+
+        return run_check(current, args.expect_gpus)
     if current.interval is None:
         return run_once(current)
 

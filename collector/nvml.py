@@ -738,3 +738,64 @@ def read_snapshot(
         return session.read(devices, last_seen_us, now_us)
     finally:
         session.close()
+
+
+# ---- what `--check` reports (collector.check) ----
+
+
+class GpuInventory(NamedTuple):
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as meant
+    uuid: str = ""
+    name: str = ""
+    mig_enabled: bool = False
+    mig_devices: int = 0  # MIG devices (compute instances) configured
+    persistence_mode: Optional[bool] = None  # None: the platform does not support it (nothing to enable)
+    error: str = ""  # NVML's message when the GPU could not be read (lost, no permission ...)
+
+
+class Inventory(NamedTuple):
+    driver_version: str
+    gpus: tuple[GpuInventory, ...]  # every GPU NVML lists, whatever --devices selects
+
+
+def inventory() -> Inventory:
+    """The driver version and every GPU, in an NVML session of its own. Raises NvmlUnavailable."""
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        raise NvmlUnavailable(f"NVML init failed: {err}") from None
+    try:
+        try:
+            driver = _text(pynvml.nvmlSystemGetDriverVersion())
+            count = int(pynvml.nvmlDeviceGetCount())
+        except pynvml.NVMLError as err:
+            raise NvmlUnavailable(f"NVML cannot list GPUs: {err}") from None
+        return Inventory(driver, tuple(_gpu_inventory(index) for index in range(count)))
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError as err:
+            log.debug("nvmlShutdown: %s", err)
+
+
+def _gpu_inventory(index: int) -> GpuInventory:
+    uuid = ""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        name = _text(pynvml.nvmlDeviceGetName(handle))
+        mig = _Reader._mig_enabled(handle)
+        mig_devices = 0
+        for slot in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)) if mig else 0):
+            try:
+                pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+                mig_devices += 1
+            except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+                continue  # MIG slots are sparse
+        try:
+            persistence: Optional[bool] = pynvml.nvmlDeviceGetPersistenceMode(handle) == pynvml.NVML_FEATURE_ENABLED
+        except pynvml.NVMLError_NotSupported:
+            persistence = None
+        return GpuInventory(index, uuid, name, mig, mig_devices, persistence)
+    except pynvml.NVMLError as err:
+        return GpuInventory(index, uuid, error=str(err))

@@ -52,6 +52,20 @@ KUBELET_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kub
                 "io.kubernetes.container.name")
 
 
+def _containerd_source(state_dir: str) -> str:
+    return "k3s" if "k3s" in state_dir else "microk8s" if "microk8s" in state_dir else "containerd"
+
+
+# (source, directory under the host root) of every directory lookups read container files from, for `--check`
+# (collector.check), which checks that those present can be listed.
+METADATA_DIRS: tuple[tuple[str, str], ...] = (
+    *((_containerd_source(state), f"{state}/{CONTAINERD_TASKS}") for state in CONTAINERD_STATE_DIRS),
+    *(("crio", root) for root in CRIO_ROOTS),
+    ("docker", DOCKER_CONTAINERS),
+    ("pod-logs", POD_LOGS),
+)
+
+
 class ContainerMeta(NamedTuple):
     pod: str
     namespace: str
@@ -162,8 +176,8 @@ class RuntimeMetadata:
         first one usually exists."""
         def containerd() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
             for state in CONTAINERD_STATE_DIRS:
-                source = "k3s" if "k3s" in state else "microk8s" if "microk8s" in state else "containerd"
-                yield source, self._path(state, CONTAINERD_TASKS, container_id, "config.json"), CONTAINERD_KEYS
+                path = self._path(state, CONTAINERD_TASKS, container_id, "config.json")
+                yield _containerd_source(state), path, CONTAINERD_KEYS
 
         def crio() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
             for root in CRIO_ROOTS:

@@ -115,6 +115,7 @@ class Gpu:
     gpu_instances: Optional[list[dict[str, Any]]] = None  # MIG GPU instances' shared memory, see gpu_instance()
     ci_lists_gi_processes: bool = False
     minor: Optional[int] = None  # /dev/nvidia<minor>; the stand-in's default is the index
+    persistence_mode: Optional[int] = None  # 0: disabled; the stand-in's default is 1, enabled
 
     def scenario(self) -> dict[str, Any]:
         listed = [p.get("used_memory") or 0 for p in self.compute + self.graphics + self.mps]
@@ -141,6 +142,8 @@ class Gpu:
             device["memory"]["reserved"] = self.memory_reserved
         if self.minor is not None:
             device["minor"] = self.minor
+        if self.persistence_mode is not None:
+            device["persistence_mode"] = self.persistence_mode
         optional = {"utilization_shape": self.utilization_shape,
                     "utilization_size_answer": self.utilization_size_answer,
                     "utilization_fill_count": self.utilization_fill_count, "gpm": self.gpm}

@@ -509,6 +509,21 @@ def test_energy_is_not_supported_on_mig_devices_or_without_a_reading(tmp_path: P
     assert got == [0, 3, 3]
 
 
+
+@pytest.mark.parametrize("build", ["", "r470", "r535"])
+def test_persistence_mode_is_the_gpus_on_every_driver(tmp_path: Path, fake_nvml: Path, build: str) -> None:
+    doc = scenario([Gpu(0), Gpu(1, persistence_mode=0,
+                                mig=[mig_instance(1, slot=0, gi=1, ci=0, profile="1g.10gb", total_gib=10)]),
+                    Gpu(2, errors={"nvmlDeviceGetPersistenceMode": "NVML_ERROR_NOT_SUPPORTED"})])
+    got = pynvml_run(tmp_path, fake_nvml / build, doc, """
+        nvmlInit()
+        h0, h1, h2 = (nvmlDeviceGetHandleByIndex(i) for i in range(3))
+        out([nvmlDeviceGetPersistenceMode(h0), nvmlDeviceGetPersistenceMode(h1),
+             nvmlDeviceGetPersistenceMode(nvmlDeviceGetMigDeviceHandleByIndex(h1, 0)),
+             code(nvmlDeviceGetPersistenceMode, h2)])
+    """)
+    assert got == [1, 0, 0, 3]  # NVML_FEATURE_ENABLED, NVML_FEATURE_DISABLED (on its MIG device too), NOT_SUPPORTED
+
 # ---- a long-running caller: live scenario, faults (README.md, "Under a running caller") ----
 
 SERVE = PRELUDE + """
@@ -627,6 +642,16 @@ def test_a_reloaded_sample_with_age_s_is_new_to_a_caller_that_saw_the_old_ones(
     update_scenario(path, scenario([Gpu(0, compute=[proc(10)], samples=[{"pid": 10, "age_s": 0.5, "sm": 9}])]))
     assert nvml("out([[s.pid, s.smUtil] for s in nvmlDeviceGetProcessUtilization(h, seen)])") == [[10, 9]]
 
+
+
+def test_persistence_mode_switched_under_a_running_caller(tmp_path: Path,
+                                                          long_running: Callable[..., LongRunning]) -> None:
+    """nvidia-smi -pm 0 while a caller holds NVML: its handle reads the new mode."""
+    path = update_scenario(tmp_path / "scenario.json", scenario([Gpu(0)]))
+    nvml = long_running(path)
+    assert nvml("nvmlInit(); h = nvmlDeviceGetHandleByIndex(0); out(nvmlDeviceGetPersistenceMode(h))") == 1
+    update_scenario(path, scenario([Gpu(0, persistence_mode=0)]))
+    assert nvml("out(nvmlDeviceGetPersistenceMode(h))") == 0
 
 def test_a_scenario_that_changes_the_devices_is_refused_until_nvml_restarts(
         tmp_path: Path, long_running: Callable[..., LongRunning]) -> None:

@@ -91,6 +91,7 @@ typedef struct nvmlDevice_st {
     char uuid[96], name[96];
     unsigned long long mem_total, mem_used, mem_reserved; /* mem_used: allocated (v2's used), without reserved */
     unsigned int util_gpu, util_mem, temperature_c, power_mw;
+    unsigned int persistence_mode;  /* nvmlEnableState_t: NVML_FEATURE_DISABLED 0, NVML_FEATURE_ENABLED 1 */
     proc_t *procs[3];
     unsigned int nprocs[3];
     proc_t *late_procs; /* appended to the compute list after a count call: a process starting mid-query */
@@ -572,6 +573,8 @@ static void load_dynamic(device_t *d, const jval *dj, unsigned long long now, do
     d->util_mem = (unsigned int)json_u64(json_get(json_get(dj, "utilization"), "memory"), 0);
     d->temperature_c = (unsigned int)json_u64(json_get(dj, "temperature_c"), 40);
     d->power_mw = (unsigned int)json_u64(json_get(dj, "power_mw"), 100000);
+    /* Default enabled: what a host running nvidia-persistenced shows. */
+    d->persistence_mode = json_u64(json_get(dj, "persistence_mode"), 1) ? 1U : 0U;
     load_process_lists(d, json_get(dj, "processes"));
     load_procs(json_get(dj, "processes_started_after_count"), &d->late_procs, &d->nlate);
     d->counted = 0;
@@ -929,6 +932,16 @@ EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t dev, unsigned int *powe
     ENTER_DEV("nvmlDeviceGetPowerUsage", dev);
     if (!power) return NVML_ERROR_INVALID_ARGUMENT;
     *power = dev->power_mw;
+    return NVML_SUCCESS;
+}
+
+/* "For all products. For Linux only." (nvml.h 5430-5454), on every driver: no variant lacks it. The mode is the
+ * GPU's; a MIG device handle answers its GPU's (nvml.h does not say: the stand-in's choice). Scenario errors play
+ * NOT_SUPPORTED, which nvml.h lists without naming the platforms that answer it. */
+EXPORT nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t dev, unsigned int *mode) {
+    ENTER_DEV("nvmlDeviceGetPersistenceMode", dev);
+    if (!mode) return NVML_ERROR_INVALID_ARGUMENT;
+    *mode = dev->is_mig ? dev->parent->persistence_mode : dev->persistence_mode;
     return NVML_SUCCESS;
 }
 
