@@ -17,9 +17,18 @@ from typing import NamedTuple, Optional
 from collector import allocation
 from collector.allocation import AllocationIndex, ClaimResolver, History, HistoryKey, target
 from collector.cgroups import parse_cgroup
-from collector.model import AllocationView, AttributionFacts, Device, HostProcess, Owner, OwnerKind, ProcessRecord
+from collector.model import (
+    EMPTY,
+    AllocationView,
+    AttributionFacts,
+    Device,
+    HostProcess,
+    Owner,
+    OwnerKind,
+    ProcessRecord,
+)
 from collector.podresources import DeviceRef, PodResourcesUnavailable, allocations, list_pod_resources
-from collector.runtimes import RuntimeMetadata
+from collector.runtimes import ContainerMeta, RuntimeMetadata
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +56,12 @@ class AttributionSettings(NamedTuple):
 
 
 class Attributor:
-    def __init__(self, settings: AttributionSettings, devices: Sequence[Device]) -> None:
+    def __init__(self, settings: AttributionSettings, devices: Sequence[Device],
+                 known_containers: Mapping[str, ContainerMeta] = EMPTY) -> None:
+        """known_containers: the pods the previous run found for container ids (kept in the state)."""
         self.settings = settings
         self.devices = devices
-        self.metadata = RuntimeMetadata(settings.host_root)
+        self.metadata = RuntimeMetadata(settings.host_root, known_containers)
         self._index: Optional[AllocationIndex] = None
         self._api_called = False
 
@@ -118,6 +129,10 @@ class Attributor:
         if kind == OwnerKind.PODMAN:
             return self.metadata.podman_name(container_id, user_uid)
         return container_id[:12]
+
+    def containers(self) -> dict[str, ContainerMeta]:
+        """The pods this run found for container ids in their runtimes' files, for the next run."""
+        return self.metadata.remembered
 
     def facts(self) -> AttributionFacts:
         return AttributionFacts(

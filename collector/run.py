@@ -73,7 +73,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         pod_resources_socket=settings.socket,
         pod_resources_timeout=settings.pod_resources_timeout,
         resource_names=settings.resource_names,
-    ), snapshot.devices)
+    ), snapshot.devices, previous.containers)
     attributed = []
     for proc in snapshot.processes:
         host = hosts.get(proc.pid)
@@ -115,6 +115,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         text=render_report(report),
         ok=True,
         state=State(last_success=now, last_seen_us=last_seen, last_active=last_active, ledger=ledger,
+                    containers=attributor.containers(),
                     allocations=allocation_history),
     )
 

@@ -21,8 +21,10 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, Optional
+
+from collector.model import EMPTY
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,10 @@ def _strings(mapping: Any, keys: tuple[str, str, str, str]) -> Optional[tuple[st
 class RuntimeMetadata:
     """Looks containers up in one host's runtime files; results and the pod-log index are cached for the run."""
 
-    def __init__(self, host_root: str) -> None:
+    def __init__(self, host_root: str, known: Mapping[str, ContainerMeta] = EMPTY) -> None:
         self.host_root = host_root
+        self.known = known  # container id -> its pod, as the previous run found it in the runtime's files
+        self.remembered: dict[str, ContainerMeta] = {}  # what this run found, for the next
         self.misses: Counter[str] = Counter()
         self._cache: dict[str, Optional[ContainerMeta]] = {}
         self._pod_logs: Optional[dict[str, tuple[str, str, list[str]]]] = None
@@ -140,10 +144,16 @@ class RuntimeMetadata:
         return os.path.join(self.host_root, *parts)
 
     def lookup(self, container_id: str, runtime: str = "", pod_uid: str = "") -> Optional[ContainerMeta]:
-        """The container's pod; falls back to the pod-log directories by pod UID. None when nothing names it."""
+        """The container's pod; falls back to the pod-log directories by pod UID. None when nothing names it.
+        A container the previous run found in its runtime's files is taken from `known` without reading them."""
         key = f"{container_id}/{runtime}/{pod_uid}"
         if key not in self._cache:
-            self._cache[key] = self._lookup(container_id, runtime, pod_uid)
+            meta = self.known.get(container_id) if container_id else None
+            if meta is None:
+                meta = self._lookup(container_id, runtime, pod_uid)
+            if meta is not None and meta.source != "pod-logs":
+                self.remembered[container_id] = meta
+            self._cache[key] = meta
         return self._cache[key]
 
     def _lookup(self, container_id: str, runtime: str, pod_uid: str) -> Optional[ContainerMeta]:

@@ -22,6 +22,7 @@ from collector import accounting
 from collector.accounting import Ledger
 from collector.allocation import History, HistoryKey
 from collector.model import Mutable
+from collector.runtimes import ContainerMeta
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,21 @@ class State(Mutable):
     """A plain class, not a NamedTuple: each State needs a Ledger (mutable) of its own, which a NamedTuple's
     default, one instance for all, cannot give."""
 
-    FIELDS = ("last_success", "last_seen_us", "last_active", "ledger", "allocations")
+    FIELDS = ("last_success", "last_seen_us", "last_active", "ledger", "allocations", "containers")
     __slots__ = FIELDS
 
     def __init__(self, last_success: Optional[float] = None, last_seen_us: Optional[dict[str, int]] = None,
-                 last_active: Optional[dict[str, float]] = None, ledger: Optional[Ledger] = None,
-                 allocations: Optional[dict[HistoryKey, History]] = None) -> None:
+                 last_active: Optional[dict[str, float]] = None, *, ledger: Optional[Ledger] = None,
+                 allocations: Optional[dict[HistoryKey, History]] = None,
+                 containers: Optional[dict[str, ContainerMeta]] = None) -> None:
         self.last_success = last_success
         self.last_seen_us: dict[str, int] = {} if last_seen_us is None else last_seen_us
         self.last_active: dict[str, float] = {} if last_active is None else last_active
         self.ledger = Ledger() if ledger is None else ledger  # accounting counters (collector.accounting)
         self.allocations: dict[HistoryKey, History] = {} if allocations is None else allocations
+        # The pod of each container id seen in the last run, from its runtime's files: a container's pod never
+        # changes and ids are never reused, so the next run need not read (and parse) those files again.
+        self.containers: dict[str, ContainerMeta] = {} if containers is None else containers
 
 
 def _number(value: Any) -> Optional[float]:
@@ -80,10 +85,20 @@ def load(state_dir: str) -> State:
                      if _number(v) is not None},
         ledger=accounting.from_json(raw.get("accounting")),
         allocations=_allocations(raw.get("allocations"), path),
+        containers=_containers(raw.get("containers")),
     )
 
 
 ALLOCATION_FIELDS = ("namespace", "pod", "container", "device")
+
+
+def _containers(raw: Any) -> dict[str, ContainerMeta]:
+    """Malformed entries are left out: the container's files are then read again."""
+    out: dict[str, ContainerMeta] = {}
+    for cid, row in raw.items() if isinstance(raw, dict) else ():
+        if isinstance(row, list) and len(row) == len(ContainerMeta._fields) and all(isinstance(x, str) for x in row):
+            out[str(cid)] = ContainerMeta(*row)
+    return out
 
 
 def _allocations(raw: Any, path: str) -> dict[HistoryKey, History]:
@@ -111,6 +126,7 @@ def save(state_dir: str, state: State) -> None:
         "last_seen_us": state.last_seen_us,
         "last_active": state.last_active,
         "accounting": accounting.to_json(state.ledger),
+        "containers": {cid: list(meta) for cid, meta in state.containers.items()},
         "allocations": [{**dict(zip(ALLOCATION_FIELDS, key)), "idle_since": history.idle_since,
                          "pod_uid": history.pod_uid} for key, history in sorted(state.allocations.items())],
     }

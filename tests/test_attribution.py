@@ -290,3 +290,23 @@ def test_podman_containers_rootful_and_rootless_get_their_names(host: Host) -> N
                                      "owner": "vllm"}
     assert owner_of(result, 291)["owner"] == "notebook"
     assert owner_of(result, 291)["owner_kind"] == "podman"
+
+
+def test_a_container_named_once_is_not_read_again_but_a_new_one_is(host: Host) -> None:
+    """The pod of a container id never changes: the next run takes it from the state instead of reading and
+    parsing the runtime's bundle again (tens of KiB each on a real node). Here the bundle is made unreadable after
+    the first run: the second still names the pod, and counts no miss. A container the first run did not see is
+    read from its files."""
+    k8s = PodHost(host.tree)
+    train = k8s.add_pod("ml", "train-0")
+    k8s.add_process(300, train)
+    first = host.run(scenario([Gpu(0, compute=[proc(300, GIB)])]))
+    assert info_of(first, 300)["pod"] == "train-0"
+    for bundle in (host.tree.root / "run/containerd/io.containerd.runtime.v2.task/k8s.io").glob("*/config.json"):
+        bundle.write_text("{corrupt")
+    other = k8s.add_pod("ml", "eval-0")
+    k8s.add_process(301, other)
+    second = host.run(scenario([Gpu(0, compute=[proc(300, GIB), proc(301, GIB)])]))
+    assert info_of(second, 300) == {"pod": "train-0", "namespace": "ml", "container": "main"}
+    assert info_of(second, 301) == {"pod": "eval-0", "namespace": "ml", "container": "main"}
+    assert second.value("gpu_proc_collector_metadata_misses", reason="corrupt") == 0

@@ -183,9 +183,18 @@ def wait_for_clusters(fleet: Fleet) -> set[str]:
     return names
 
 
+def arrived(fleet: Fleet, view: Prometheus, name: str) -> bool:
+    """Whether every cluster that holds a series of this name has it in the global view too (a name can arrive
+    from one cluster before the other)."""
+    holding = {c for c, cluster in fleet.clusters.items() if cluster.prometheus.query(name)}
+    return holding <= {s["metric"].get("cluster") for s in view.query(name)}
+
+
 def assert_global_view(fleet: Fleet, view: Prometheus, names: set[str], extra_labels: set[str]) -> None:
     """The exact answers of the global queries (monitoring/federation/README.md) for both scenarios."""
     view.wait(lambda: names <= view.names(), "every recording series from both clusters", timeout=90)
+    view.wait(lambda: all(arrived(fleet, view, name) for name in names),
+              "each cluster's own series of every recording rule", timeout=90)
     expected = namespace_memory(SCENARIOS)
     assert expected == {("a", "ml"): 140 * GIB, ("a", "vision"): 38 * GIB,
                         ("b", "ml"): 72 * GIB, ("b", "nlp"): 70 * GIB, ("b", "vision"): 4 * GIB}
