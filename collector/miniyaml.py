@@ -580,7 +580,9 @@ class _FlowReader:
             value, end = self.p.quoted(self.pos)
             self.pos = end
             return value
-        if ch in "#%@`|>" or (ch in "-:" and self.peek(1) in _BLANK + "\n" + _FLOW_INDICATORS):
+        # PyYAML's scanner (check_plain): in flow context a plain scalar never starts with ':' or '?', and starts
+        # with '-' only when a non-blank follows.
+        if ch in "#%@`|>:?" or (ch == "-" and self.peek(1) in _BLANK + "\n" + _FLOW_INDICATORS):
             raise self.p.malformed(f"{ch!r} cannot start a flow value")
         return resolve_plain(self.plain())
 

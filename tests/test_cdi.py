@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from collector import miniyaml
@@ -89,6 +89,8 @@ _TOKENS = st.sampled_from([
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_TOKENS, max_size=30).map("".join))
+@example("[:a]").via("found by hypothesis: PyYAML starts no flow plain scalar with ':'")
+@example("[?a]").via("nor with '?'")
 def test_the_yaml_reader_never_accepts_what_pyyaml_rejects_nor_reads_it_otherwise(text: str) -> None:
     """Token soup: the reader refuses (YamlError, never another exception), or agrees with PyYAML."""
     try:
