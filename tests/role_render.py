@@ -20,8 +20,11 @@ TEMPLATES = ("gpu-proc-collector.service", "gpu-proc-collector.timer", "config.j
 # What preflight.yml finds on a host (node_exporter's textfile directory); the templates need it.
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
-# Every optional variable set to something other than its default.
+# Every optional variable set to something other than its default (so the mode is service).
 ALL_OPTIONAL: dict[str, Any] = {
+    "gpu_proc_collector_mode": "service",
+    "gpu_proc_collector_interval": 30,
+    "gpu_proc_collector_sample_interval": 3,
     "gpu_proc_collector_schedule": "*/5 * * * *",
     "gpu_proc_collector_cpu_limit": "250m",
     "gpu_proc_collector_memory_limit": "128Mi",
@@ -56,12 +59,23 @@ def ansible_playbook() -> str:
     raise AssertionError("unreachable")
 
 
+# The variants rendered: the defaults (timer mode), service mode with the defaults otherwise, ALL_OPTIONAL, and
+# ALL_OPTIONAL in timer mode.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "service": {"gpu_proc_collector_mode": "service"},
+    "full": ALL_OPTIONAL,
+    "full_timer": {**ALL_OPTIONAL, "gpu_proc_collector_mode": "timer"},
+}
+
+
 def render(out: Path) -> dict[str, dict[str, str]]:
-    """Renders every template twice, with the defaults and with ALL_OPTIONAL: {"default"|"full": {name: text}}."""
+    """Renders every template with each of VARIANTS' values: {variant: {name: text}}."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "full.json").write_text(json.dumps(ALL_OPTIONAL))
     plays = []
-    for variant, extra in (("default", []), ("full", [str(out / "full.json")])):
+    for variant, values in VARIANTS.items():
+        (out / f"{variant}.json").write_text(json.dumps(values))
+        extra = [str(out / f"{variant}.json")]
         (out / variant).mkdir(exist_ok=True)
         plays.append({
             "name": f"Render the role's templates ({variant})",
@@ -89,5 +103,4 @@ def render(out: Path) -> dict[str, dict[str, str]]:
     result = subprocess.run([ansible_playbook(), "-i", "localhost,", str(playbook)], capture_output=True,
                             text=True, env=env, cwd=out, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    return {variant: {name: (out / variant / name).read_text() for name in TEMPLATES}
-            for variant in ("default", "full")}
+    return {variant: {name: (out / variant / name).read_text() for name in TEMPLATES} for variant in VARIANTS}

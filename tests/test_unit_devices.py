@@ -163,8 +163,14 @@ def host_nodes(devices: dict[str, list[tuple[int, str]]]) -> tuple[dict[str, tup
 
 
 @pytest.fixture(scope="module")
-def unit(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return render(tmp_path_factory.mktemp("role"))["default"]["gpu-proc-collector.service"]
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    return render(tmp_path_factory.mktemp("role"))
+
+
+@pytest.fixture(params=["default", "service"])
+def unit(rendered: dict[str, dict[str, str]], request: pytest.FixtureRequest) -> str:
+    """The unit of each mode (gpu_proc_collector_mode timer, the default, and service)."""
+    return rendered[request.param]["gpu-proc-collector.service"]
 
 
 def check(unit_text: str, driver: str) -> None:
@@ -195,17 +201,23 @@ def test_the_unit_reaches_exactly_the_nodes_nvml_opens(unit: str, driver: str) -
     check(unit, driver)
 
 
+def with_device_allow(unit: str, entries: str) -> str:
+    """The unit with its DeviceAllow= lines replaced by these, in the same place (in [Service])."""
+    replaced, count = re.subn(r"(?m)(?:^DeviceAllow=.*\n)+", entries, unit)
+    assert count == 1, "the unit's DeviceAllow= lines are expected in one block"
+    return replaced
+
+
 def test_the_check_fails_for_the_pre_r545_name_alone(unit: str) -> None:
     """The guard the test above names: with only the old group name, R550+ GPUs are out of reach."""
-    old = re.sub(r"(?m)^DeviceAllow=.*\n", "", unit) + "DeviceAllow=char-nvidia-frontend rw\n" \
-        "DeviceAllow=char-nvidia-caps r\n"
+    old = with_device_allow(unit, "DeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia-caps r\n")
     check(old, "r470")
     with pytest.raises(AssertionError, match=r"r550: /dev/nvidia(ctl|0) .* needs exactly 'rw'"):
         check(old, "r550")
 
 
 def test_a_broad_glob_would_reach_uvm_nvswitch_and_imex(unit: str) -> None:
-    broad = re.sub(r"(?m)^DeviceAllow=.*\n", "", unit) + "DeviceAllow=char-nvidia* rw\n"
+    broad = with_device_allow(unit, "DeviceAllow=char-nvidia* rw\n")
     devices = proc_devices((FIXTURES / "proc-devices-r550.txt").read_text())
     _, forbidden = host_nodes(devices)
     rules = resolve(device_allow(broad)[1], devices, {n.path: n for n in forbidden})

@@ -2,7 +2,8 @@
 
 - cron_to_oncalendar: the cron schedule ("*/1 * * * *") as a timer's OnCalendar= expression;
 - cpu_quota: a Kubernetes CPU limit ("100m") as CPUQuota= ("10%");
-- memory_max: a Kubernetes memory quantity ("64Mi") as MemoryMax= ("64M", systemd's M being MiB).
+- memory_max: a Kubernetes memory quantity ("64Mi") as MemoryMax= ("64M", systemd's M being MiB);
+- schedule_period: the longest time between two runs of a schedule, in seconds (the config's nominal_interval).
 """
 
 from __future__ import annotations
@@ -106,6 +107,102 @@ def memory_max(limit: object) -> str:
     return str(int(number * _MEMORY_UNITS[unit]))
 
 
+DAY_S = 86400
+# systemd.time(7), "Calendar Events": the shorthands' normalized forms. Those that repeat by calendar months are
+# given their longest gap (a month of 31 days, a quarter of 92, half a year of 184, a leap year).
+_SHORTHAND_PERIODS = {"minutely": 60, "hourly": 3600, "daily": DAY_S, "weekly": 7 * DAY_S, "monthly": 31 * DAY_S,
+                      "quarterly": 92 * DAY_S, "semiannually": 184 * DAY_S, "yearly": 366 * DAY_S,
+                      "annually": 366 * DAY_S}
+_TIME_RANGES = ((0, 23), (0, 59), (0, 59))  # hour, minute, second
+
+
+def _calendar_values(text: str, low: int, high: int) -> set[int]:
+    """One time component of an OnCalendar= expression (systemd.time(7)): `*`, `N`, `A..B`, a `/STEP` after any
+    of them (a start, `*` or a range), and comma lists of these. ValueError for anything else."""
+    values: set[int] = set()
+    for item in text.split(","):
+        base, slash, step_text = item.partition("/")
+        step = int(step_text) if slash else 1
+        if step <= 0:
+            raise ValueError(item)
+        if base == "*":
+            start, end = low, high
+        elif ".." in base:
+            start_text, _, end_text = base.partition("..")
+            start, end = int(start_text), int(end_text)
+        else:
+            start = int(base)
+            end = high if slash else start
+        if not low <= start <= end <= high:
+            raise ValueError(item)
+        values.update(range(start, end + 1, step))
+    return values
+
+
+def _weekdays(text: str) -> set[int]:
+    """`Mon,Wed..Fri` (names of three letters or whole) as day numbers, Monday 0."""
+    names = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+    def day(name: str) -> int:
+        if name[:3].lower() not in names:
+            raise ValueError(name)
+        return names.index(name[:3].lower())
+
+    days: set[int] = set()
+    for item in text.split(","):
+        first, dots, last = item.partition("..")
+        start, end = day(first), day(last) if dots else day(first)
+        days.update(range(start, end + 1) if start <= end else [*range(start, 7), *range(0, end + 1)])
+    return days
+
+
+def _longest_gap(times: list[int], cycle: int) -> int:
+    ordered = sorted(times)
+    gaps = [b - a for a, b in zip(ordered, ordered[1:])]
+    return max([*gaps, ordered[0] + cycle - ordered[-1]])
+
+
+def _run_times(calendar: str) -> tuple[list[int], int]:
+    """The seconds within one cycle (a day, or a week with weekdays) at which an OnCalendar= expression fires, and
+    the cycle's length. ValueError for what schedule_period does not reason about."""
+    words = calendar.split()
+    days = None
+    if words and ":" not in words[0] and "-" not in words[0]:
+        days = _weekdays(words.pop(0))
+    if len(words) == 2 and words[0] in ("*-*-*", "*-*"):
+        words = words[1:]
+    if len(words) != 1 or words[0].count(":") not in (1, 2):
+        raise ValueError(calendar)
+    parts = words[0].split(":")
+    if len(parts) == 2:
+        parts.append("00")  # systemd.time(7): seconds default to 0
+    hours, minutes, seconds = (sorted(_calendar_values(p, low, high)) for p, (low, high) in zip(parts, _TIME_RANGES))
+    day_times = [h * 3600 + m * 60 + s for h in hours for m in minutes for s in seconds]
+    if days is None:
+        return day_times, DAY_S
+    return [d * DAY_S + t for d in days for t in day_times], 7 * DAY_S
+
+
+def schedule_period(schedule: str, default: int = 60) -> int:
+    """The longest time in seconds between two consecutive runs of a schedule (cron or OnCalendar=), which is
+    what the collector's nominal_interval must cover: accounting (collector/accounting.py) treats a span of more
+    than three nominal intervals as a gap. `*/5 * * * *` -> 300; `15,45 9-17 * * *` -> 55800 (17:45 to 9:15);
+    `30 2 * * 1-5` -> 3 days (Friday to Monday); `*:*:0/20` -> 20; `weekly` -> 7 days.
+
+    Understood: every time of day (hour, minute, second lists, ranges and steps) on every day or on listed
+    weekdays, and systemd's shorthands. Anything else (a date other than `*-*-*`, a time zone, `~`, fractional
+    seconds) gives `default`."""
+    try:
+        calendar = cron_to_oncalendar(schedule)
+        if calendar.lower() in _SHORTHAND_PERIODS:
+            return _SHORTHAND_PERIODS[calendar.lower()]
+        times, cycle = _run_times(calendar)
+    except ValueError:  # CronError is one
+        return default
+    return _longest_gap(times, cycle)
+
+
 class FilterModule:
     def filters(self) -> dict[str, object]:
-        return {"cron_to_oncalendar": cron_to_oncalendar, "cpu_quota": cpu_quota, "memory_max": memory_max}
+        return {"cron_to_oncalendar": cron_to_oncalendar, "cpu_quota": cpu_quota, "memory_max": memory_max,
+                "schedule_period": schedule_period}
