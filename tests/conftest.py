@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -34,6 +35,19 @@ def require_tool(name: str) -> str:
     if not path:
         pytest.fail(f"{name} is not installed (scripts/test.sh installs it)")
     return path
+
+
+@contextmanager
+def mounted_tmpfs(directory: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at directory (created) for the block, with mount options such as "size=24k" (a full disk)
+    or "ro" (a read-only one: root ignores mode bits, so a mode-0555 directory proves nothing as root)."""
+    require_root(f"mounting a tmpfs ({options})")
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
 
 
 def require_root(why: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Host, Result, require_root
+from tests.conftest import Host, Result, mounted_tmpfs
 from tests.podsim import PodHost, pod_resources_server
 from tests.simhost import Gpu, compute_instance, gpu_instance, gpu_uuid, scenario
 
@@ -44,13 +43,8 @@ def node_exporter(host: Host, *args: str, pid: int = 900, argv0: str = "/usr/bin
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A read-only mount: tests run as root, which ignores mode bits (tests/test_collector.py)."""
-    require_root("mounting a read-only tmpfs")
-    d = tmp_path / "ro"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as d:
+        yield d
 
 
 def test_a_healthy_host_passes_and_leaves_a_running_service_alone(host: Host) -> None:

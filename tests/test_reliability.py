@@ -26,7 +26,7 @@ from collector.procfs import printable
 from collector.redact import REDACTED, args_label, redact_args
 from collector.runtimes import RuntimeMetadata
 from collector.state import STATE_VERSION
-from tests.conftest import REPO, Host, Result, promtool_check, require_root, samples
+from tests.conftest import REPO, Host, Result, mounted_tmpfs, promtool_check, require_root, samples
 from tests.podsim import PodHost
 from tests.simhost import BTIME, CLOCK_TICKS, GIB, Gpu, HostTree, gpu_uuid, mig_instance, proc, scenario, write_scenario
 
@@ -189,12 +189,8 @@ def test_textfile_dir_missing(host: Host) -> None:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    require_root("mounting a small tmpfs")
-    d = tmp_path / "small"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
+    with mounted_tmpfs(tmp_path / "small", "size=24k") as d:
+        yield d
 
 
 def test_textfile_dir_full_keeps_the_previous_file(host: Host, small_fs: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from collector.model import Device, MigInfo
 from collector.podresources import DeviceRef, is_gpu_resource, parse_device_id
 from collector.runtimes import RuntimeMetadata
 from collector.textfile import WriteError, atomic_write
-from tests.conftest import require_root
+from tests.conftest import mounted_tmpfs
 
 GPU0 = "GPU-3c2b7e0a-1111-2222-3333-444455556666"
 
@@ -93,19 +92,13 @@ def test_atomic_write_replaces_whole_and_sets_the_mode(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path) -> None:
-    require_root("mounting a small tmpfs")
-    d = tmp_path / "small"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "size=64k") as d:
         target = d / "gpu_processes.prom"
         atomic_write(str(target), b"good\n")
         with pytest.raises(WriteError, match="No space left"):
             atomic_write(str(target), b"x" * (1 << 20))
         assert target.read_bytes() == b"good\n"
         assert [p.name for p in d.iterdir()] == ["gpu_processes.prom"]
-    finally:
-        subprocess.run(["umount", str(d)], check=True)
 
 
 @pytest.mark.parametrize("content", ["{", "[]", '{"version": 99, "last_success": 5}', "\x00\xff",
