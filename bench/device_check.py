@@ -1000,6 +1000,7 @@ class DeviceCheck:
         try:
             self.setup()
             self.start_workers()
+            _pause_for_a_test("workers")
             for phase in PHASES:
                 if self.args.phases and phase.name not in self.args.phases:
                     continue
@@ -1155,11 +1156,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "probe":
         return probe_main(args)
     signal.signal(signal.SIGTERM, _interrupted)  # timeout(1): stop the workers and write the report
+    _pause_for_a_test("start")
     return DeviceCheck(args).run()
 
 
 def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _pause_for_a_test(point: str) -> None:
+    """A test's handle on a moment of the run (tests/test_device_check.py): with DEVICE_CHECK_PAUSE_AT=point, write
+    this process's PID to $DEVICE_CHECK_PAUSE_FILE and wait there to be signalled, so that an interruption lands at
+    a known point whatever the machine's speed."""
+    if os.environ.get("DEVICE_CHECK_PAUSE_AT") != point:
+        return
+    Path(os.environ["DEVICE_CHECK_PAUSE_FILE"]).write_text(str(os.getpid()))
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":

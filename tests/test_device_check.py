@@ -9,6 +9,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -109,11 +110,35 @@ def test_a_wrong_answer_fails_the_check(tmp_path: Path, corruption: str, phases:
 
 
 @pytest.mark.usefixtures("fake_nvml")
-def test_the_timeout_stops_the_workers_and_still_reports(tmp_path: Path) -> None:
-    result = run_check(tmp_path, "--stand-in", "--interval", "30", env={"DEVICE_CHECK_TIMEOUT": "4"})
+def test_a_timeout_ends_the_check_with_124_and_says_so(tmp_path: Path) -> None:
+    """The check waits at its start (a test knob), so the 1 s limit always ends it, however slow the machine."""
+    pause = tmp_path / "paused"
+    result = run_check(tmp_path / "out", "--stand-in", env={"DEVICE_CHECK_TIMEOUT": "1", "DEVICE_CHECK_PAUSE_AT":
+                                                             "start", "DEVICE_CHECK_PAUSE_FILE": str(pause)})
     assert result.returncode == 124, result.stdout + result.stderr
-    assert "timed out after 4 s" in result.stderr
+    assert "timed out after 1 s" in result.stderr
+
+
+def test_an_interruption_stops_the_workers_and_still_reports(tmp_path: Path) -> None:
+    """timeout(1) sends SIGTERM: here it arrives once the workers run (the check waits there for it, a test knob,
+    so it lands at that point whatever the machine's speed). The workers are stopped and the report written."""
+    pause = tmp_path / "paused"
+    env = {**os.environ, "DEVICE_CHECK_PYTHON": sys.executable, "DEVICE_CHECK_PAUSE_AT": "workers",
+           "DEVICE_CHECK_PAUSE_FILE": str(pause)}
+    check = subprocess.Popen([str(SCRIPT), str(tmp_path), "--stand-in"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not pause.exists() or not pause.read_text():
+            assert check.poll() is None, check.communicate()
+            assert time.monotonic() < deadline, "the check never started its workers"
+            time.sleep(0.1)
+        os.kill(int(pause.read_text()), signal.SIGTERM)
+        check.communicate(timeout=300)
+    finally:
+        check.kill()
     assert checks(tmp_path)["setup"] == "FAIL"
+    assert "interrupted" in (tmp_path / "device-check.md").read_text()
     assert len((tmp_path / "worker-pids").read_text().split()) == 3
     workers_gone(tmp_path)
 

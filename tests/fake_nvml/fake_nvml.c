@@ -70,6 +70,7 @@ typedef struct {
     unsigned int pid;
     unsigned long long ts;
     unsigned int sm, mem, enc, dec, jpg, ofa;
+    unsigned long long every_us; /* a process busy all along: a new sample every this many µs (0: one sample) */
 } sample_t;
 
 typedef struct { const char *fn; int code; } error_t_;
@@ -372,6 +373,7 @@ static void load_samples(const jval *arr, unsigned long long now, unsigned long 
         o->dec = (unsigned int)json_u64(json_get(s, "dec"), 0);
         o->jpg = (unsigned int)json_u64(json_get(s, "jpg"), 0);
         o->ofa = (unsigned int)json_u64(json_get(s, "ofa"), 0);
+        o->every_us = (unsigned long long)(json_num(json_get(s, "every_s"), 0) * 1e6);
     }
     *n = (unsigned int)arr->len;
 }
@@ -1032,6 +1034,11 @@ EXPORT nvmlReturn_t nvmlDeviceGetConfComputeMemSizeInfo(nvmlDevice_t dev, void *
  * structure is returned per process running", nvml.h) or every stored one (buffered). out may be NULL: count. */
 static unsigned int utilization_entries(const device_t *dev, unsigned long long last_seen, const sample_t **out) {
     unsigned int n = 0;
+    unsigned long long now = now_us();
+    for (unsigned int i = 0; i < dev->nsamples; i++) {
+        sample_t *s = (sample_t *)&dev->samples[i]; /* a recurring sample: its latest period's instant */
+        if (s->every_us) s->ts = now - now % s->every_us;
+    }
     for (unsigned int i = 0; i < dev->ngarbage; i++) {
         if (out) out[n] = &dev->garbage[i];
         n++;
