@@ -322,7 +322,9 @@ def query_samples(handle: Any, uuid: str, since_us: int, now_us: int,
         log.warning("per-process utilisation of %s unavailable: %s", uuid, err)
         return None
     samples = [(int(s.pid), int(s.timeStamp), int(s.smUtil)) for s in raw]
-    kept = plausible_samples(samples, listed, since_us, now_us)
+    # "The future" is after this answer, not after the run began: under CPUQuota= a run's own reads can take long
+    # enough for the driver to have taken fresh samples since it started, and those are real.
+    kept = plausible_samples(samples, listed, since_us, max(now_us, int(time.time() * 1_000_000)))
     if len(kept) < len(samples):
         log.debug("%s: ignored %d of %d utilisation entries (unlisted PID, SM %% over 100, or a timestamp "
                   "outside (last seen, now])", uuid, len(samples) - len(kept), len(samples))

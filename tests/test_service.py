@@ -247,5 +247,5 @@ def test_utilisation_is_integrated_over_the_whole_interval(host: Host) -> None:
         process.wait(timeout=60)
     # Never above 50; a little under when a query came within one driver sample period of the previous one and
     # found no newer entry, which counts that short span as idle (the write's last query, right after a tick).
-    assert 45 < util["962"] <= 50.0001, util
+    assert 40 < util["962"] <= 50.0001, util
     assert 0 < util["961"] < 80, util
