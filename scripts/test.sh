@@ -13,4 +13,5 @@ echo "== mypy";         mypy
 echo "== yamllint";     yamllint --strict .
 echo "== ansible-lint"; ansible-lint --nocolor
 echo "== molecule";     molecule test
+echo "== molecule rollout"; molecule test -s rollout
 echo "== pytest";       python -m pytest "$@"
