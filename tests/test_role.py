@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.role_render import VARIANTS, render
+from tests.role_render import VARIANTS, ansible_playbook, render
 
 ROLE = REPO / "roles" / "gpu_proc_collector"
 
@@ -331,3 +331,39 @@ def test_the_timer_mode_unit_and_config(rendered: dict[str, dict[str, str]], var
     # "interval" would make the oneshot run forever.
     assert "interval" not in config
     assert "sample_interval" not in config
+
+
+def _rollout(tmp_path: Path, failing: str, extra: list[str]) -> str:
+    """playbooks/site.yml's own play keywords (serial, max_fail_percentage) over five local hosts, with its role
+    swapped for one task that fails on `failing`: the hosts the recap lists are the ones the rollout reached."""
+    play = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())[0]
+    play.pop("roles")
+    play.update(
+        become=False,
+        gather_facts=False,
+        tasks=[{"name": "bad", "ansible.builtin.fail": {"msg": "bad"}, "when": f"inventory_hostname == '{failing}'"}],
+    )
+    (tmp_path / "site.yml").write_text(yaml.safe_dump([play]))
+    hosts = {f"h{i}": {"ansible_connection": "local"} for i in range(1, 6)}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"gpu_nodes": {"hosts": hosts}}}}))
+    result = subprocess.run(
+        [ansible_playbook(), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "site.yml"), *extra],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_site_rollout_stops_at_the_first_failing_batch(tmp_path: Path) -> None:
+    # Default batches: one canary, then 10 % (one host of five): h2 fails, so h3-h5 are never reached.
+    recap = _rollout(tmp_path, "h2", []).split("PLAY RECAP")[-1]
+    assert re.findall(r"^(h\d)\s+:", recap, re.M) == ["h1", "h2"]
+
+
+def test_site_rollout_batches_come_from_extra_vars(tmp_path: Path) -> None:
+    # The example extra-vars file: two canaries, then 25 %; a failure in a batch of two stops the play.
+    recap = _rollout(tmp_path, "h1", ["-e", f"@{REPO / 'inventories' / 'example-rollout.yml'}"]).split("PLAY RECAP")[-1]
+    assert re.findall(r"^(h\d)\s+:", recap, re.M) == ["h1", "h2"]
