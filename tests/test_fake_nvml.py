@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.simhost import (
     GIB,
     Gpu,
@@ -172,6 +174,18 @@ def test_init_fails_without_a_scenario_or_when_told_to(tmp_path: Path, fake_nvml
     told = pynvml_run(tmp_path, fake_nvml, scenario([], errors={"nvmlInitWithFlags": "NVML_ERROR_NO_PERMISSION"}),
                       "out(code(nvmlInit))")
     assert (missing, told) == (9, 4)
+
+
+@pytest.mark.parametrize("build", ["", "r470", "r535"])
+def test_every_build_loads_on_the_glibc_the_real_driver_supports(fake_nvml: Path, build: str) -> None:
+    """The real library needs glibc 2.17 (the R550 README); a build on a newer glibc must not ask for more, or it
+    would not load on Debian 11 (glibc 2.31), where Molecule runs it (fake_nvml.c, GLIBC_FIRST)."""
+    dynamic = subprocess.run([require_tool("objdump"), "-T", "-p", str(fake_nvml / build / "libnvidia-ml.so.1")],
+                             capture_output=True, text=True, check=True).stdout
+    versions = {tuple(int(n) for n in v.split(".")) for v in re.findall(r"\(GLIBC_([0-9.]+)\)", dynamic)}
+    assert versions
+    assert max(versions) <= (2, 17), sorted(versions)
+    assert "NEEDED               libpthread.so.0" in dynamic
 
 
 def test_the_r470_variant_lacks_the_v3_symbols(tmp_path: Path, fake_nvml: Path) -> None:

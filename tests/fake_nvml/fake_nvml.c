@@ -24,11 +24,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <linux/stat.h> /* struct statx */
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "json.h"
+
+/* The real libnvidia-ml.so.1 loads on any glibc from 2.17 on (the R550 driver README, "Minimum Software
+ * Requirements"), so the hosts we test on include Debian 11 (glibc 2.31). Built on a newer glibc, this file would
+ * ask for pthread_rwlock_* at GLIBC_2.34 (where libpthread moved into libc) and stat at GLIBC_2.33: the rwlock calls
+ * are bound to their first versions, which every later glibc still exports, and the scenario file's identity is
+ * read with the statx system call (Linux 4.11) through syscall(), which glibc has exported since its first
+ * version. tests/test_fake_nvml.py holds the library to GLIBC_2.17. */
+#if defined(__x86_64__)
+#define GLIBC_FIRST "GLIBC_2.2.5"
+#elif defined(__aarch64__)
+#define GLIBC_FIRST "GLIBC_2.17"
+#endif
+#ifdef GLIBC_FIRST
+__asm__(".symver pthread_rwlock_rdlock,pthread_rwlock_rdlock@" GLIBC_FIRST);
+__asm__(".symver pthread_rwlock_wrlock,pthread_rwlock_wrlock@" GLIBC_FIRST);
+__asm__(".symver pthread_rwlock_unlock,pthread_rwlock_unlock@" GLIBC_FIRST);
+#endif
+
+typedef struct statx file_id_t;
+
+/* 0 and the file's identity in *st, or -1 (errno set). */
+static int file_id(const char *path, file_id_t *st) {
+    return (int)syscall(SYS_statx, AT_FDCWD, path, 0, STATX_BASIC_STATS, st);
+}
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -192,7 +217,7 @@ static struct {
     unsigned int ndevices;
     device_t *instances; /* MIG devices, pointed to by their parents' slots */
     unsigned int ninstances;
-    struct stat file;    /* the scenario file as it was when last read: a change is reloaded live */
+    file_id_t file;      /* the scenario file as it was when last read: a change is reloaded live */
 } S;
 
 /* Every NVML call reads S under the read lock; nvmlInit, nvmlShutdown and the live reload change it under the
@@ -606,10 +631,11 @@ static void load_dynamic(device_t *d, const jval *dj, unsigned long long now, do
     }
 }
 
-static int same_file(const struct stat *a, const struct stat *b) {
-    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+static int same_file(const file_id_t *a, const file_id_t *b) {
+    return a->stx_dev_major == b->stx_dev_major && a->stx_dev_minor == b->stx_dev_minor &&
+           a->stx_ino == b->stx_ino && a->stx_size == b->stx_size &&
+           a->stx_mtime.tv_sec == b->stx_mtime.tv_sec && a->stx_mtime.tv_nsec == b->stx_mtime.tv_nsec &&
+           a->stx_ctime.tv_sec == b->stx_ctime.tv_sec && a->stx_ctime.tv_nsec == b->stx_ctime.tv_nsec;
 }
 
 /* Reads the scenario, under the write lock. At nvmlInit (live = 0) everything is read; a handle from before stays
@@ -621,8 +647,8 @@ static int load_scenario(int live) {
         fprintf(stderr, "fake-nvml: FAKE_NVML_SCENARIO is not set\n");
         return -1;
     }
-    struct stat st;
-    if (stat(path, &st) != 0) memset(&st, 0, sizeof(st));
+    file_id_t st;
+    if (file_id(path, &st) != 0) memset(&st, 0, sizeof(st));
     char *text = read_file(path);
     if (!text) {
         fprintf(stderr, "fake-nvml: cannot read scenario %s: %s%s\n", path, strerror(errno),
@@ -630,7 +656,7 @@ static int load_scenario(int live) {
         if (live) S.file = st;
         return -1;
     }
-    double mtime = (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9;
+    double mtime = (double)st.stx_mtime.tv_sec + st.stx_mtime.tv_nsec / 1e9;
     char err[160];
     jval *root = json_parse(text, err, sizeof(err));
     free(text);
@@ -691,19 +717,19 @@ static int load_scenario(int live) {
     return 0;
 }
 
-/* The live scenario: at each call's entry, one stat() of the scenario file; when it differs from the file last
+/* The live scenario: at each call's entry, one statx of the scenario file; when it differs from the file last
  * read (device, inode, size, mtime or ctime, to the nanosecond), the file is read again under the write lock,
  * which waits for the calls under way in other threads (none holds it long: a delayed call sleeps without it). */
 static void refresh(void) {
     const char *path = getenv("FAKE_NVML_SCENARIO");
-    struct stat st;
-    if (!path || !*path || stat(path, &st) != 0) return; /* gone: keep what was read */
+    file_id_t st;
+    if (!path || !*path || file_id(path, &st) != 0) return; /* gone: keep what was read */
     pthread_rwlock_rdlock(&lock);
     int changed = S.loaded && !same_file(&st, &S.file);
     pthread_rwlock_unlock(&lock);
     if (!changed) return;
     pthread_rwlock_wrlock(&lock);
-    if (S.loaded && stat(path, &st) == 0 && !same_file(&st, &S.file)) load_scenario(1);
+    if (S.loaded && file_id(path, &st) == 0 && !same_file(&st, &S.file)) load_scenario(1);
     pthread_rwlock_unlock(&lock);
 }
 
