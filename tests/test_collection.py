@@ -156,9 +156,10 @@ def test_the_role_readme_is_generated_from_the_argument_specs() -> None:
 
 def test_the_galaxy_metadata_names_what_is_tested() -> None:
     meta = yaml.safe_load((ROLE / "meta" / "main.yml").read_text())["galaxy_info"]
-    guest = (REPO / "molecule" / "default" / "guest.sh").read_text()
-    release = re.search(r"debootstrap .* (\w+) \"\$BASE\.tmp\"", guest).group(1)  # type: ignore[union-attr]
-    assert meta["platforms"] == [{"name": "Debian", "versions": [release]}]
+    scenario = yaml.safe_load((REPO / "molecule" / "default" / "molecule.yml").read_text())
+    releases = sorted(platform["release"] for platform in scenario["platforms"])
+    assert releases == ["bookworm", "bullseye", "trixie"]  # the README's "Tested on"
+    assert meta["platforms"] == [{"name": "Debian", "versions": releases}]
     assert f'"ansible-core>={meta["min_ansible_version"]}"' in (REPO / "pyproject.toml").read_text()
     runtime = yaml.safe_load((REPO / "collection" / "meta" / "runtime.yml").read_text())
     assert runtime["requires_ansible"] == f">={meta['min_ansible_version']}.0"

@@ -1,39 +1,55 @@
 #!/usr/bin/env bash
-# A booted systemd guest for Molecule: a debootstrapped Debian 12 root (cached, rebuilt when missing), an overlay
-# per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
+# A booted systemd guest for Molecule: a debootstrapped Debian root of the release asked for (bullseye, bookworm or
+# trixie; cached per release, rebuilt when missing), an overlay per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
 # a loopback port. Why nspawn: it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not
 # available and qemu under TCG is ~7x slower (measured on the 2-core CI machines).
 #
-#   guest.sh create NAME PORT PUBKEY   boot a guest whose sshd listens on 127.0.0.1:PORT
-#   guest.sh destroy NAME              stop it and remove its overlay
+#   guest.sh create NAME PORT PUBKEY [RELEASE]   boot a guest (default: bookworm) whose sshd listens on 127.0.0.1:PORT
+#   guest.sh destroy NAME                        stop it and remove its overlay
+#
+# Guests of one release share its base root; guests are created in parallel (create.yml), so the first to need a
+# base builds it under a lock and the others wait for it.
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) (base_root) stops the script too
 
 CACHE="${GPC_GUEST_CACHE:-/var/cache/gpu-proc-collector-molecule}"
 RUNDIR="${GPC_GUEST_RUNDIR:-/var/tmp/gpu-proc-collector-molecule}"
 MIRROR="${GPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES="systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,procps,ca-certificates,apt"
-BASE="$CACHE/bookworm-$(echo "$PACKAGES $MIRROR" | sha256sum | cut -c1-12)"
 
 log() { echo "guest.sh: $*" >&2; }
 
+# The base root of a release, built by debootstrap when missing (about a minute each, once). Prints its path.
 base_root() {
-    if [ -e "$BASE/.complete" ]; then
-        return
-    fi
-    log "building the Debian 12 base root in $BASE (about a minute, once)"
-    rm -rf "$BASE.tmp"
+    local release="$1"
+    case "$release" in
+        bullseye | bookworm | trixie) ;;
+        *) log "unknown release $release (bullseye, bookworm or trixie)"; exit 2 ;;
+    esac
+    local base
+    base="$CACHE/$release-$(echo "$PACKAGES $MIRROR" | sha256sum | cut -c1-12)"
     mkdir -p "$CACHE"
-    debootstrap --variant=minbase --include="$PACKAGES" bookworm "$BASE.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-        || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-    rm -rf "$BASE"
-    mv "$BASE.tmp" "$BASE"
-    touch "$BASE/.complete"
+    (
+        flock 9
+        if [ ! -e "$base/.complete" ]; then
+            log "building the Debian $release base root in $base (about a minute, once)"
+            rm -rf "$base.tmp"
+            debootstrap --variant=minbase --include="$PACKAGES" "$release" "$base.tmp" "$MIRROR" \
+                >"$CACHE/debootstrap-$release.log" 2>&1 \
+                || { tail -20 "$CACHE/debootstrap-$release.log" >&2; exit 1; }
+            rm -rf "$base"
+            mv "$base.tmp" "$base"
+            touch "$base/.complete"
+        fi
+    ) 9>"$base.lock"
+    echo "$base"
 }
 
 create() {
-    local name="$1" port="$2" pubkey="$3"
+    local name="$1" port="$2" pubkey="$3" release="${4:-bookworm}"
     local dir="$RUNDIR/$name"
-    base_root
+    local BASE
+    BASE="$(base_root "$release")"
     destroy "$name" 2>/dev/null || true
     mkdir -p "$dir/upper" "$dir/work" "$dir/root"
     mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
@@ -90,7 +106,7 @@ destroy() {
 }
 
 case "${1:-}" in
-    create) create "$2" "$3" "$4" ;;
+    create) create "$2" "$3" "$4" "${5:-bookworm}" ;;
     destroy) destroy "$2" ;;
-    *) echo "usage: $0 create NAME PORT PUBKEY | destroy NAME" >&2; exit 2 ;;
+    *) echo "usage: $0 create NAME PORT PUBKEY [RELEASE] | destroy NAME" >&2; exit 2 ;;
 esac
