@@ -60,13 +60,16 @@ def ansible_playbook() -> str:
 
 
 # The variants rendered: the defaults (timer mode), service mode with the defaults otherwise, ALL_OPTIONAL, and
-# ALL_OPTIONAL in timer mode.
+# ALL_OPTIONAL in timer mode, all for a host with Debian 12's systemd; and the defaults for Debian 11's.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "service": {"gpu_proc_collector_mode": "service"},
     "full": ALL_OPTIONAL,
     "full_timer": {**ALL_OPTIONAL, "gpu_proc_collector_mode": "timer"},
+    "systemd247": {"_gpu_proc_collector_systemd_version": 247},
 }
+# What preflight.yml reads from `systemctl --version` unless a variant says otherwise.
+SYSTEMD_VERSION = 252
 
 
 def render(out: Path) -> dict[str, dict[str, str]]:
@@ -87,6 +90,7 @@ def render(out: Path) -> dict[str, dict[str, str]]:
                 "ansible_python_interpreter": "{{ ansible_playbook_python }}",
                 "role_path": str(ROLE),
                 "_gpu_proc_collector_textfile_dir": f"{{{{ gpu_proc_collector_textfile_dir or '{TEXTFILE_DIR}' }}}}",
+                "_gpu_proc_collector_systemd_version": SYSTEMD_VERSION,
             },
             "tasks": [{
                 "name": "Render",

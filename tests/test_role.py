@@ -208,6 +208,16 @@ def test_the_units_carry_the_translated_schedule_and_limits(rendered: dict[str, 
         assert f"OnCalendar={calendar}" in rendered[variant]["gpu-proc-collector.timer"].splitlines(), variant
 
 
+def test_the_unit_names_private_ipc_only_to_a_systemd_that_knows_it(rendered: dict[str, dict[str, str]]) -> None:
+    """PrivateIPC= is systemd 248's: Debian 11's 247 logs "Unknown key name" at every load (seen in the Molecule
+    guest) and runs without it, so the role leaves it out there (preflight.yml reads the version)."""
+    assert "PrivateIPC=yes" in rendered["default"]["gpu-proc-collector.service"].splitlines()
+    old = rendered["systemd247"]["gpu-proc-collector.service"]
+    assert "PrivateIPC" not in old
+    assert old.replace("PrivateIPC", "") == rendered["default"]["gpu-proc-collector.service"].replace(
+        "PrivateIPC=yes\n", "")
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_config_template_writes_only_what_the_collector_accepts(
         rendered: dict[str, dict[str, str]], variant: str, tmp_path: Path) -> None:
