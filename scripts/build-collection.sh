@@ -20,6 +20,7 @@ rm -rf "$STAGE"
 mkdir -p "$STAGE/meta" "$ROLE/files/wheels"
 sed "s/@VERSION@/$VERSION/" "$REPO/collection/galaxy.yml.in" >"$STAGE/galaxy.yml"
 cp "$REPO/collection/README.md" "$STAGE/README.md"
+cp "$REPO/LICENSE" "$STAGE/LICENSE"
 cp "$REPO/collection/meta/runtime.yml" "$STAGE/meta/runtime.yml"
 # The role as it is in the repository, without caches.
 (cd "$REPO/roles" && tar --exclude=__pycache__ --exclude='*.pyc' --exclude=wheels -cf - gpu_proc_collector) \
@@ -49,11 +50,12 @@ if grep -rnE "\\|[[:space:]]*($FILTERS)\\b" "$ROLE"; then
 fi
 
 # The wheel, built from a copy of just what it is made of (pyproject.toml reads README.md; setuptools packages
-# collector/ only), so nothing stale in the repository's build/ gets in. SOURCE_DATE_EPOCH gives reproducible zip
+# collector/ only and puts LICENSE into the metadata, as it does building from the repository), so nothing stale
+# in the repository's build/ gets in. SOURCE_DATE_EPOCH gives reproducible zip
 # timestamps, as the role's own build does (tasks/install.yml).
 SRC="$(mktemp -d)"
 trap 'rm -rf "$SRC"' EXIT
-cp "$REPO/pyproject.toml" "$REPO/README.md" "$SRC/"
+cp "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/LICENSE" "$SRC/"
 (cd "$REPO" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - collector) | (cd "$SRC" && tar -xf -)
 SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel --no-deps --quiet --disable-pip-version-check \
     --wheel-dir "$ROLE/files/wheels" "$SRC"
