@@ -45,6 +45,29 @@ base_root() {
     echo "$base"
 }
 
+# Moves the calling process into a cgroup of the guest's own, in the hierarchies the guest's systemd writes to
+# (the named systemd one and the unified one on a cgroup v1 host, the unified one on a v2 host). Without a
+# registration (--keep-unit), nspawn puts the container's cgroups under its caller's (/payload): guests started from
+# one process share /system.slice/<unit>, and one guest's systemd removes or recreates the cgroup another's service
+# is joining. Seen with three guests converging at once: "Failed to kill control group
+# /system.slice/gpu-proc-collector.service, ignoring: Input/output error" and the run failing with 219/CGROUP.
+own_cgroup() {
+    local dir="$1" id hierarchy path mount group
+    while IFS=: read -r id hierarchy path; do
+        case "$id:$hierarchy" in
+            *:name=systemd) mount=/sys/fs/cgroup/systemd ;;
+            0:) mount=/sys/fs/cgroup/unified; [ -f "$mount/cgroup.procs" ] || mount=/sys/fs/cgroup ;;
+            *) continue ;;
+        esac
+        [ -f "$mount/cgroup.procs" ] || continue
+        group="$mount${path%/}/gpc-guest-$(basename "$dir")"
+        mkdir -p "$group"
+        echo "$BASHPID" >"$group/cgroup.procs" || { log "cannot move into $group"; exit 1; }
+        echo "$group" >>"$dir/cgroups"
+    done </proc/self/cgroup
+    [ -s "$dir/cgroups" ] || { log "found no cgroup hierarchy to give the guest its own cgroup in"; exit 1; }
+}
+
 create() {
     local name="$1" port="$2" pubkey="$3" release="${4:-bookworm}"
     local dir="$RUNDIR/$name"
@@ -69,8 +92,11 @@ CONF
     for unit in getty@tty1.service console-getty.service systemd-networkd-wait-online.service; do
         ln -sf /dev/null "$root/etc/systemd/system/$unit"
     done
-    setsid systemd-nspawn --boot --register=no --keep-unit --console=passive --resolv-conf=copy-host \
-        --machine="$name" --directory="$root" </dev/null >"$dir/console.log" 2>&1 &
+    (
+        own_cgroup "$dir"
+        exec setsid systemd-nspawn --boot --register=no --keep-unit --console=passive --resolv-conf=copy-host \
+            --machine="$name" --directory="$root" </dev/null >"$dir/console.log" 2>&1
+    ) &
     echo $! >"$dir/nspawn.pid"
     for _ in $(seq 1 120); do
         if ! kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null; then
@@ -101,6 +127,12 @@ destroy() {
     fi
     if mountpoint -q "$dir/root"; then
         umount "$dir/root" || umount -l "$dir/root"
+    fi
+    if [ -f "$dir/cgroups" ]; then
+        local group
+        while read -r group; do
+            find "$group" -depth -type d -exec rmdir {} + 2>/dev/null || true
+        done <"$dir/cgroups"
     fi
     rm -rf "$dir"
 }
