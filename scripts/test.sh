@@ -12,7 +12,7 @@ echo "== ruff";         ruff check .
 echo "== mypy";         mypy
 echo "== yamllint";     yamllint --strict .
 echo "== ansible-lint"; ansible-lint --nocolor
-echo "== molecule";     molecule test                  # timer and service modes on booted Debian 11, 12 and 13 guests
+echo "== molecule";     molecule test                  # timer and service modes on Debian 11, 12, 13, Ubuntu 22.04, 24.04 guests
 echo "== molecule";     molecule test -s collection    # the built collection, by its full name
 echo "== molecule";     molecule test -s rollout       # three guests, the second without NVML: the rollout stops
 echo "== pytest";       python -m pytest "$@"

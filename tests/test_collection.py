@@ -157,9 +157,13 @@ def test_the_role_readme_is_generated_from_the_argument_specs() -> None:
 def test_the_galaxy_metadata_names_what_is_tested() -> None:
     meta = yaml.safe_load((ROLE / "meta" / "main.yml").read_text())["galaxy_info"]
     scenario = yaml.safe_load((REPO / "molecule" / "default" / "molecule.yml").read_text())
-    releases = sorted(platform["release"] for platform in scenario["platforms"])
-    assert releases == ["bookworm", "bullseye", "trixie"]  # the README's "Tested on"
-    assert meta["platforms"] == [{"name": "Debian", "versions": releases}]
+    distributions = {"bullseye": "Debian", "bookworm": "Debian", "trixie": "Debian",
+                     "jammy": "Ubuntu", "noble": "Ubuntu"}
+    tested: dict[str, list[str]] = {}
+    for release in sorted(platform["release"] for platform in scenario["platforms"]):
+        tested.setdefault(distributions[release], []).append(release)
+    assert tested == {"Debian": ["bookworm", "bullseye", "trixie"], "Ubuntu": ["jammy", "noble"]}  # README, Platforms
+    assert meta["platforms"] == [{"name": name, "versions": versions} for name, versions in tested.items()]
     assert f'"ansible-core>={meta["min_ansible_version"]}"' in (REPO / "pyproject.toml").read_text()
     runtime = yaml.safe_load((REPO / "collection" / "meta" / "runtime.yml").read_text())
     assert runtime["requires_ansible"] == f">={meta['min_ansible_version']}.0"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A booted systemd guest for Molecule: a debootstrapped Debian root of the release asked for (bullseye, bookworm or
-# trixie; cached per release, rebuilt when missing), an overlay per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
+# A booted systemd guest for Molecule: a debootstrapped root of the release asked for (Debian bullseye, bookworm or
+# trixie, Ubuntu jammy or noble; cached per release, rebuilt when missing), an overlay per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
 # a loopback port. Why nspawn: it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not
 # available and qemu under TCG is ~7x slower (measured on the 2-core CI machines).
 #
@@ -14,27 +14,33 @@ shopt -s inherit_errexit  # a failure inside $(...) (base_root) stops the script
 
 CACHE="${GPC_GUEST_CACHE:-/var/cache/gpu-proc-collector-molecule}"
 RUNDIR="${GPC_GUEST_RUNDIR:-/var/tmp/gpu-proc-collector-molecule}"
-MIRROR="${GPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_MIRROR="${GPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+UBUNTU_MIRROR="${GPC_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}"
 PACKAGES="systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,procps,ca-certificates,apt"
 
 log() { echo "guest.sh: $*" >&2; }
 
 # The base root of a release, built by debootstrap when missing (about a minute each, once). Prints its path.
 base_root() {
-    local release="$1"
+    local release="$1" mirror components=main script=""
     case "$release" in
-        bullseye | bookworm | trixie) ;;
-        *) log "unknown release $release (bullseye, bookworm or trixie)"; exit 2 ;;
+        bullseye | bookworm | trixie) mirror="$DEBIAN_MIRROR" ;;
+        # node_exporter is in Ubuntu's universe. Every Ubuntu release since 7.10 bootstraps with the same script,
+        # and Debian 12's debootstrap has none named after 24.04.
+        jammy | noble) mirror="$UBUNTU_MIRROR" components=main,universe script=/usr/share/debootstrap/scripts/gutsy ;;
+        *) log "unknown release $release (bullseye, bookworm, trixie, jammy or noble)"; exit 2 ;;
     esac
     local base
-    base="$CACHE/$release-$(echo "$PACKAGES $MIRROR" | sha256sum | cut -c1-12)"
+    base="$CACHE/$release-$(echo "$PACKAGES $mirror $components" | sha256sum | cut -c1-12)"
     mkdir -p "$CACHE"
     (
         flock 9
         if [ ! -e "$base/.complete" ]; then
             log "building the Debian $release base root in $base (about a minute, once)"
             rm -rf "$base.tmp"
-            debootstrap --variant=minbase --include="$PACKAGES" "$release" "$base.tmp" "$MIRROR" \
+            # shellcheck disable=SC2086  # $script: no argument when empty
+            debootstrap --variant=minbase --components="$components" --include="$PACKAGES" \
+                "$release" "$base.tmp" "$mirror" $script \
                 >"$CACHE/debootstrap-$release.log" 2>&1 \
                 || { tail -20 "$CACHE/debootstrap-$release.log" >&2; exit 1; }
             rm -rf "$base"
