@@ -98,9 +98,12 @@ CONF
     for unit in getty@tty1.service console-getty.service systemd-networkd-wait-online.service; do
         ln -sf /dev/null "$root/etc/systemd/system/$unit"
     done
+    # replace-host: Ubuntu 22.04's /etc/resolv.conf is a link to systemd-resolved's stub, which has no upstream
+    # server in a guest without a network manager (apt failed: "Temporary failure resolving"); a copy of the
+    # host's file replaces the link.
     (
         own_cgroup "$dir"
-        exec setsid systemd-nspawn --boot --register=no --keep-unit --console=passive --resolv-conf=copy-host \
+        exec setsid systemd-nspawn --boot --register=no --keep-unit --console=passive --resolv-conf=replace-host \
             --machine="$name" --directory="$root" </dev/null >"$dir/console.log" 2>&1
     ) &
     echo $! >"$dir/nspawn.pid"
