@@ -12,6 +12,7 @@ hostile names included), and promtool checks every file the tests write.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Optional
 
 GAUGE = "gauge"
 COUNTER = "counter"
@@ -20,18 +21,45 @@ COUNTER = "counter"
 class Family:
     """One metric family: a name, its help, its type, its label names, and the samples added to it."""
 
-    __slots__ = ("help", "labels", "name", "samples", "type")
+    __slots__ = ("_template", "has_series", "help", "labels", "name", "samples", "type")
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = (), kind: str = GAUGE) -> None:
         self.name = name
         self.help = help_text
         self.type = kind
         self.labels = tuple(labels)
+        # Label values, or a series rendered by series() (a str): add_series says the family has one of those.
         self.samples: list[tuple[Sequence[str], float]] = []
+        self.has_series = False
+        self._template: Optional[tuple[str, Optional[list[int]]]] = None
 
     def add(self, values: Sequence[str], value: float) -> None:
         """A sample: one value per label name, in the family's label order."""
         self.samples.append((values, value))
+
+    def series(self, values: Sequence[str]) -> str:
+        """The sample line of these label values up to its value (`name{a="1",b="2"} `): what a caller that adds
+        the same series again and again (the long-running mode, docs/performance.md) renders once and passes to
+        add_series. The same text the family writes for add(values, ...)."""
+        template, order = self.template()
+        return template % _ordered(values, order) + " "
+
+    def add_series(self, series: str, value: float) -> None:
+        """A sample of a series rendered by series(), of this family or of another with its name and labels."""
+        self.samples.append((series, value))
+        self.has_series = True
+
+    def template(self) -> tuple[str, Optional[list[int]]]:
+        """A %-template of a sample line up to its value (name, label names in sorted order, quotes), and the
+        order in which it takes the label values (None: as given)."""
+        if self._template is None:
+            labels = self.labels
+            order = sorted(range(len(labels)), key=labels.__getitem__)
+            template = self.name.replace("%", "%%")
+            if labels:
+                template += "{" + ",".join(labels[i].replace("%", "%%") + '="%s"' for i in order) + "}"
+            self._template = (template, None if order == list(range(len(labels))) else order)
+        return self._template
 
 
 def escape_label_value(value: str) -> str:
@@ -59,30 +87,54 @@ def format_value(value: float) -> str:
     return text
 
 
+def _ordered(values: Sequence[str], order: Optional[list[int]]) -> tuple[str, ...]:
+    """Label values in the template's order, escaped only when one of them needs it (one scan of them joined)."""
+    ordered = tuple(values) if order is None else tuple([values[i] for i in order])
+    joined = "".join(ordered)
+    if "\\" in joined or '"' in joined or "\n" in joined:
+        return tuple(map(escape_label_value, ordered))
+    return ordered
+
+
 def _sample_lines(family: Family) -> list[str]:
-    """The family's sample lines. One %-template per family holds the fixed text (name, label names in sorted
-    order, quotes); a sample's label values are escaped only when one of them needs it (one scan of them joined)."""
-    name = family.name.replace("%", "%%")
-    labels = family.labels
-    if not labels:
+    """The family's sample lines. One %-template per family holds the fixed text (Family.template)."""
+    if not family.labels:
         return [f"{family.name} {format_value(value)}\n" for _, value in family.samples]
-    order = sorted(range(len(labels)), key=labels.__getitem__)
-    template = name + "{" + ",".join(labels[i].replace("%", "%%") + '="%s"' for i in order) + "} %s\n"
-    in_order = order == list(range(len(labels)))
+    if family.has_series:
+        return _series_lines(family)
+    template, order = family.template()
+    template += " %s\n"
     lines: list[str] = []
     append = lines.append
     formatted: dict[float, str] = {}  # a family repeats its values (1, sizes, percentages): format each once
     for values, value in family.samples:
-        ordered = tuple(values) if in_order else tuple([values[i] for i in order])
-        joined = "".join(ordered)
-        if "\\" in joined or '"' in joined or "\n" in joined:
-            ordered = tuple(map(escape_label_value, ordered))
         text = formatted.get(value) if value else None  # 0.0 and -0.0 are one key but two texts: not cached
         if text is None:
             text = format_value(value)
             if value:
                 formatted[value] = text
+        # _ordered, inlined: a call per sample would add 4 % to the loop, which a timer run pays every time
+        ordered = tuple(values) if order is None else tuple([values[i] for i in order])
+        joined = "".join(ordered)
+        if "\\" in joined or '"' in joined or "\n" in joined:
+            ordered = tuple(map(escape_label_value, ordered))
         append(template % (*ordered, text))
+    return lines
+
+
+def _series_lines(family: Family) -> list[str]:
+    """The lines of a family with samples added as rendered series (add_series), label values perhaps among them."""
+    lines: list[str] = []
+    append = lines.append
+    formatted: dict[float, str] = {}
+    for values, value in family.samples:
+        series = values if isinstance(values, str) else family.series(values)
+        text = formatted.get(value) if value else None
+        if text is None:
+            text = format_value(value)
+            if value:
+                formatted[value] = text
+        append(series + text + "\n")
     return lines
 
 

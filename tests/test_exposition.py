@@ -59,6 +59,24 @@ def test_any_families_render_as_prometheus_client_renders_them(families: list[Fa
     assert render(families) == _reference(families)
 
 
+@settings(max_examples=200, deadline=None)
+@given(_families(), st.data())
+def test_series_rendered_once_write_the_same_lines_as_label_values(families: list[Family], data: st.DataObject
+                                                                   ) -> None:
+    """The long-running mode renders a series once (Family.series) and adds it again at each write (add_series),
+    by itself or among samples given as label values: the file is the same byte for byte."""
+    again = []
+    for family in families:
+        copy = Family(family.name, family.help, family.labels, family.type)
+        for values, value in family.samples:
+            if data.draw(st.booleans()):
+                copy.add_series(Family(family.name, "another help", family.labels).series(values), value)
+            else:
+                copy.add(values, value)
+        again.append(copy)
+    assert render(again) == render(families)
+
+
 @given(_value)
 def test_values_are_written_as_go_writes_floats(value: float) -> None:
     assert format_value(value) == floatToGoString(value)
