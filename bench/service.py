@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import pynvml  # noqa: E402
 
-from collector import nvml, runner, state  # noqa: E402
+from collector import metrics, nvml, runner, state  # noqa: E402
 from collector.settings import Settings  # noqa: E402
 from tests.simhost import GIB, Gpu, HostTree, proc, scenario, update_scenario, write_scenario  # noqa: E402
 
@@ -68,6 +68,7 @@ class Service:
                                  state_dir=str(workdir / "state"), interval=60.0, log_level="error")
         (workdir / "textfile").mkdir(exist_ok=True)
         self.session = nvml.Session(long_running=True)
+        self.series = metrics.SeriesCache()
         self.previous = state.State()
 
     def show(self, pids: list[int], sampled: bool = True) -> None:
@@ -78,7 +79,7 @@ class Service:
             pynvml.nvmlSystemGetDriverVersion()
 
     def cycle(self) -> None:
-        code, self.previous = runner.one_collection(self.settings, self.previous, self.session)
+        code, self.previous = runner.one_collection(self.settings, self.previous, self.session, self.series)
         if code != 0:
             raise SystemExit(f"a cycle failed with exit code {code}")
 

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple, Optional
 
 from collector import accounting, nvml, procfs
 from collector.attribution import AttributionSettings, Attributor
-from collector.metrics import Report, render_failure, render_report
+from collector.metrics import Report, SeriesCache, render_failure, render_report
 from collector.model import DeviceActivity, GpuProcess, HostProcess, NvmlSnapshot, Owner, ProcessRecord, process_key
 from collector.settings import Settings
 from collector.state import State
@@ -36,9 +36,10 @@ class Outcome(NamedTuple):
 
 
 def collect(settings: Settings, previous: State, clock: Callable[[], float] = time.time,
-            session: Optional[nvml.Session] = None) -> Outcome:
+            session: Optional[nvml.Session] = None, series: Optional[SeriesCache] = None) -> Outcome:
     """One collection. A long-running caller passes its NVML session (kept initialised, sampling between
-    collections); a timer run uses a session of its own."""
+    collections) and the series its last write rendered (updated here); a timer run uses a session of its own and
+    renders every series."""
     started = time.monotonic()
 
     def failed(reason: str, driver_version: str = "") -> Outcome:
@@ -47,14 +48,15 @@ def collect(settings: Settings, previous: State, clock: Callable[[], float] = ti
         return Outcome(text=text, ok=False, state=previous)
 
     try:
-        return _collect(settings, previous, clock(), started, failed=failed, session=session)
+        return _collect(settings, previous, clock(), started, failed=failed, session=session, series=series)
     except Exception as err:  # a bug or an input nobody foresaw: a failed file and one line, never a traceback
         log.debug("unexpected error", exc_info=True)
         return failed(f"unexpected {type(err).__name__}: {err}")
 
 
 def _collect(settings: Settings, previous: State, now: float, started: float, *,
-             failed: Callable[..., Outcome], session: Optional[nvml.Session]) -> Outcome:
+             failed: Callable[..., Outcome], session: Optional[nvml.Session],
+             series: Optional[SeriesCache]) -> Outcome:
     try:
         if session is None:
             snapshot = nvml.read_snapshot(settings.devices, previous.last_seen_us, int(now * 1_000_000))
@@ -112,7 +114,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         allocations=allocations,
     )
     return Outcome(
-        text=render_report(report),
+        text=render_report(report, series),
         ok=True,
         state=State(last_success=now, last_seen_us=last_seen, last_active=last_active, ledger=ledger,
                     containers=attributor.containers(),

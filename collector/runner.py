@@ -21,7 +21,7 @@ import time
 from typing import IO, Callable, Optional
 
 from collector import nvml, state
-from collector.metrics import render_failure
+from collector.metrics import SeriesCache, render_failure
 from collector.run import collect
 from collector.settings import Settings
 from collector.textfile import WriteError, atomic_write
@@ -118,11 +118,12 @@ class Watchdog:
             os._exit(EXIT_DEADLINE)
 
 
-def one_collection(settings: Settings, previous: state.State,
-                   session: Optional[nvml.Session] = None) -> tuple[int, state.State]:
-    """Collects, publishes and saves the state; returns the exit code and the state to carry on with."""
+def one_collection(settings: Settings, previous: state.State, session: Optional[nvml.Session] = None,
+                   series: Optional[SeriesCache] = None) -> tuple[int, state.State]:
+    """Collects, publishes and saves the state; returns the exit code and the state to carry on with. The
+    long-running mode passes what it keeps between collections: its NVML session and its rendered series."""
     with Watchdog(settings.deadline, settings, previous) as watchdog:
-        outcome = collect(settings, previous, session=session)
+        outcome = collect(settings, previous, session=session, series=series)
         code = watchdog.publish(outcome.text)
     if code != EXIT_OK:
         return code, previous
@@ -213,6 +214,7 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
         return EXIT_LOCKED
     signals = _Signals()
     session = nvml.Session(long_running=True)
+    series = SeriesCache()
     previous = state.load(settings.state_dir)
     ready = False
     try:
@@ -221,7 +223,7 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
                 signals.reload.clear()
                 settings = _reloaded(settings, reload)
             signals.collecting.set()
-            _, previous = one_collection(settings, previous, session)
+            _, previous = one_collection(settings, previous, session, series)
             signals.collecting.clear()
             if session.needs_restart:
                 log.error("the NVIDIA library this process loaded does not match the driver any more (upgraded?): "
