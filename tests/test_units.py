@@ -8,9 +8,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from collector import nvml, state
 from collector import podresources_v1_pb2 as api
-from collector import state
 from collector.attribution import resolve
 from collector.cli import UsageError, parse_devices, settings
 from collector.model import Device, MigInfo
@@ -89,6 +92,19 @@ def test_atomic_write_replaces_whole_and_sets_the_mode(tmp_path: Path) -> None:
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 10**10), st.integers(0, 100)), max_size=80))
+def test_utilisation_entries_one_per_pid_give_what_weighting_them_gives(samples: list[tuple[int, int, int]]
+                                                                         ) -> None:
+    """nvml.time_weighted takes a short cut where each PID has one entry (the shape current drivers return): the
+    same values to the bit as weighting the entries by the time each covers, which it does where a PID has
+    several."""
+    def exact(result: dict[int, nvml.Activity]) -> dict[int, tuple[str, bool]]:
+        return {pid: (repr(a.sm_percent), a.active) for pid, a in result.items()}
+
+    assert exact(nvml.time_weighted(samples)) == exact(nvml._weighted(samples))
 
 
 def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path) -> None:
