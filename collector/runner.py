@@ -67,7 +67,7 @@ def write_output(text: bytes, settings: Settings) -> int:
         sys.stdout.flush()
         return EXIT_OK
     try:
-        atomic_write(settings.textfile, text)
+        atomic_write(settings.textfile, text, durable=False)  # collector.textfile: why it need not be
     except WriteError as err:
         log.error("%s (the previous file is left as it was)", err)
         return EXIT_WRITE_FAILED
