@@ -12,7 +12,7 @@ hostile names included), and promtool checks every file the tests write.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 GAUGE = "gauge"
 COUNTER = "counter"
@@ -28,8 +28,8 @@ class Family:
         self.help = help_text
         self.type = kind
         self.labels = tuple(labels)
-        # Label values, or a series rendered by series() (a str): add_series says the family has one of those.
-        self.samples: list[tuple[Sequence[str], float]] = []
+        # (label values, value) from add; a line from add_series, which sets has_series.
+        self.samples: list[Any] = []
         self.has_series = False
         self._template: Optional[tuple[str, Optional[list[int]]]] = None
 
@@ -37,16 +37,15 @@ class Family:
         """A sample: one value per label name, in the family's label order."""
         self.samples.append((values, value))
 
-    def series(self, values: Sequence[str]) -> str:
-        """The sample line of these label values up to its value (`name{a="1",b="2"} `): what a caller that adds
-        the same series again and again (the long-running mode, docs/performance.md) renders once and passes to
-        add_series. The same text the family writes for add(values, ...)."""
+    def series(self, values: Sequence[str]) -> Series:
+        """The series of these label values, rendered once for a caller that adds it again and again (the
+        long-running mode, docs/performance.md) with add_series: the same lines as add(values, ...) writes."""
         template, order = self.template()
-        return template % _ordered(values, order) + " "
+        return Series(template % _ordered(values, order) + " ")
 
-    def add_series(self, series: str, value: float) -> None:
+    def add_series(self, series: Series, value: float) -> None:
         """A sample of a series rendered by series(), of this family or of another with its name and labels."""
-        self.samples.append((series, value))
+        self.samples.append(series.line(value))
         self.has_series = True
 
     def template(self) -> tuple[str, Optional[list[int]]]:
@@ -60,6 +59,26 @@ class Family:
                 template += "{" + ",".join(labels[i].replace("%", "%%") + '="%s"' for i in order) + "}"
             self._template = (template, None if order == list(range(len(labels))) else order)
         return self._template
+
+
+class Series:
+    """A series rendered once (Family.series): its sample line up to the value (`name{a="1",b="2"} `), and its last
+    line, so that a value unchanged since the last write is not formatted again."""
+
+    __slots__ = ("_line", "_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value = 0.0  # zero is never taken from the last line (see line), so no line is needed for it
+        self._line = ""
+
+    def line(self, value: float) -> str:
+        """The sample line of value. Zero is formatted every time (0.0 and -0.0 are equal, and written apart), and
+        so is NaN (unequal to itself)."""
+        if value != self._value or not value:
+            self._value = value
+            self._line = f"{self.text}{format_value(value)}\n"
+        return self._line
 
 
 def escape_label_value(value: str) -> str:
@@ -98,10 +117,10 @@ def _ordered(values: Sequence[str], order: Optional[list[int]]) -> tuple[str, ..
 
 def _sample_lines(family: Family) -> list[str]:
     """The family's sample lines. One %-template per family holds the fixed text (Family.template)."""
-    if not family.labels:
-        return [f"{family.name} {format_value(value)}\n" for _, value in family.samples]
     if family.has_series:
         return _series_lines(family)
+    if not family.labels:
+        return [f"{family.name} {format_value(value)}\n" for _, value in family.samples]
     template, order = family.template()
     template += " %s\n"
     lines: list[str] = []
@@ -124,18 +143,8 @@ def _sample_lines(family: Family) -> list[str]:
 
 def _series_lines(family: Family) -> list[str]:
     """The lines of a family with samples added as rendered series (add_series), label values perhaps among them."""
-    lines: list[str] = []
-    append = lines.append
-    formatted: dict[float, str] = {}
-    for values, value in family.samples:
-        series = values if isinstance(values, str) else family.series(values)
-        text = formatted.get(value) if value else None
-        if text is None:
-            text = format_value(value)
-            if value:
-                formatted[value] = text
-        append(series + text + "\n")
-    return lines
+    return [sample if isinstance(sample, str) else family.series(sample[0]).line(sample[1])
+            for sample in family.samples]
 
 
 def render(families: Iterable[Family]) -> bytes:

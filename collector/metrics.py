@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 from collector import __version__
 from collector.accounting import Ledger
-from collector.exposition import COUNTER, Family, render
+from collector.exposition import COUNTER, Family, Series, render
 from collector.model import (
     CDI_UNRESOLVED_REASONS,
     EMPTY,
@@ -380,9 +380,9 @@ class _ProcessSeries:
         self.unallocated = families.unallocated.series(labels.unallocated)
         self._info_head = labels.info_head
         self._info_key: tuple[str, str] = ("", "")
-        self._info = ""
+        self._info = Series("")
 
-    def info(self, family: Family, status: str, gpu_memory: str) -> str:
+    def info(self, family: Family, status: str, gpu_memory: str) -> Series:
         """gpu_process_info's series, whose status and gpu_memory labels change while the process lives."""
         if (status, gpu_memory) != self._info_key:
             self._info_key = (status, gpu_memory)

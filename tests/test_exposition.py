@@ -64,13 +64,17 @@ def test_any_families_render_as_prometheus_client_renders_them(families: list[Fa
 def test_series_rendered_once_write_the_same_lines_as_label_values(families: list[Family], data: st.DataObject
                                                                    ) -> None:
     """The long-running mode renders a series once (Family.series) and adds it again at each write (add_series),
-    by itself or among samples given as label values: the file is the same byte for byte."""
+    by itself or among samples given as label values, after other values or the same: the file is the same byte
+    for byte."""
     again = []
     for family in families:
         copy = Family(family.name, family.help, family.labels, family.type)
         for values, value in family.samples:
             if data.draw(st.booleans()):
-                copy.add_series(Family(family.name, "another help", family.labels).series(values), value)
+                series = Family(family.name, "another help", family.labels).series(values)
+                for earlier in data.draw(st.lists(_value, max_size=2)):  # its last line is of another value
+                    series.line(earlier)
+                copy.add_series(series, value)
             else:
                 copy.add(values, value)
         again.append(copy)
