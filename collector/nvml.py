@@ -390,9 +390,13 @@ class Integrator:
         busy = self.busy.pop(uuid, {})
         start = self.window_start
         self.last_tick[uuid] = now
-        return {pid: Activity(sm_percent=100.0 * busy.get(pid, 0.0) / max(now - start, 1e-9),
-                              active=busy.get(pid, 0.0) > 0, busy_seconds=busy.get(pid, 0.0), window_start=start)
-                for pid in listed}
+        span = max(now - start, 1e-9)
+        out = {}
+        for pid in listed:
+            seconds = busy.get(pid, 0.0)
+            out[pid] = Activity(sm_percent=100.0 * seconds / span, active=seconds > 0, busy_seconds=seconds,
+                                window_start=start)
+        return out
 
     def new_window(self, now: float) -> None:
         self.window_start = now
