@@ -11,7 +11,9 @@ hostile names included), and promtool checks every file the tests write.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from math import copysign
 from typing import Any, Optional
 
 GAUGE = "gauge"
@@ -45,7 +47,10 @@ class Family:
 
     def add_series(self, series: Series, value: float) -> None:
         """A sample of a series rendered by series(), of this family or of another with its name and labels."""
-        self.samples.append(series.line(value))
+        if value != series.value or copysign(1.0, value) != copysign(1.0, series.value):  # Series.line, inlined
+            series.value = value
+            series.line = f"{series.text}{format_value(value)}\n"
+        self.samples.append(series.line)
         self.has_series = True
 
     def template(self) -> tuple[str, Optional[list[int]]]:
@@ -63,22 +68,16 @@ class Family:
 
 class Series:
     """A series rendered once (Family.series): its sample line up to the value (`name{a="1",b="2"} `), and its last
-    line, so that a value unchanged since the last write is not formatted again."""
+    line and value, so that a value unchanged since the last write is not formatted again (Family.add_series).
+    Unchanged: equal and of the same sign, as 0.0 and -0.0 are equal but written apart; NaN, unequal to itself,
+    is formatted every time."""
 
-    __slots__ = ("_line", "_value", "text")
+    __slots__ = ("line", "text", "value")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._value = 0.0  # zero is never taken from the last line (see line), so no line is needed for it
-        self._line = ""
-
-    def line(self, value: float) -> str:
-        """The sample line of value. Zero is formatted every time (0.0 and -0.0 are equal, and written apart), and
-        so is NaN (unequal to itself)."""
-        if value != self._value or not value:
-            self._value = value
-            self._line = f"{self.text}{format_value(value)}\n"
-        return self._line
+        self.value = math.nan  # no line yet
+        self.line = ""
 
 
 def escape_label_value(value: str) -> str:
@@ -143,7 +142,7 @@ def _sample_lines(family: Family) -> list[str]:
 
 def _series_lines(family: Family) -> list[str]:
     """The lines of a family with samples added as rendered series (add_series), label values perhaps among them."""
-    return [sample if isinstance(sample, str) else family.series(sample[0]).line(sample[1])
+    return [sample if isinstance(sample, str) else family.series(sample[0]).text + format_value(sample[1]) + "\n"
             for sample in family.samples]
 
 

@@ -73,7 +73,7 @@ def test_series_rendered_once_write_the_same_lines_as_label_values(families: lis
             if data.draw(st.booleans()):
                 series = Family(family.name, "another help", family.labels).series(values)
                 for earlier in data.draw(st.lists(_value, max_size=2)):  # its last line is of another value
-                    series.line(earlier)
+                    Family(family.name, "another help", family.labels).add_series(series, earlier)
                 copy.add_series(series, value)
             else:
                 copy.add(values, value)
