@@ -35,9 +35,10 @@ class Family:
         self.has_series = False
         self._template: Optional[tuple[str, Optional[list[int]]]] = None
 
-    def add(self, values: Sequence[str], value: float) -> None:
-        """A sample: one value per label name, in the family's label order."""
-        self.samples.append((values, value))
+    def add(self, values: Sequence[str], value: float, digits: Optional[int] = None) -> None:
+        """A sample: one value per label name, in the family's label order; the value rounded to digits decimal
+        places (round) where given."""
+        self.samples.append((values, value if digits is None else round(value, digits)))
 
     def series(self, values: Sequence[str]) -> Series:
         """The series of these label values, rendered once for a caller that adds it again and again (the
@@ -45,11 +46,14 @@ class Family:
         template, order = self.template()
         return Series(template % _ordered(values, order) + " ")
 
-    def add_series(self, series: Series, value: float) -> None:
-        """A sample of a series rendered by series(), of this family or of another with its name and labels."""
-        if value != series.value or copysign(1.0, value) != copysign(1.0, series.value):  # Series.line, inlined
+    def add_series(self, series: Series, value: float, digits: Optional[int] = None) -> None:
+        """A sample of a series rendered by series(), of this family or of another with its name and labels; the
+        value rounded as add rounds it (with the same digits every time: the last line is kept by the value as
+        given). A value as given the last time the series was added (Series) takes its last line: neither rounded
+        nor formatted again."""
+        if value != series.value or copysign(1.0, value) != copysign(1.0, series.value):
             series.value = value
-            series.line = f"{series.text}{format_value(value)}\n"
+            series.line = f"{series.text}{format_value(value if digits is None else round(value, digits))}\n"
         self.samples.append(series.line)
         self.has_series = True
 
@@ -68,9 +72,9 @@ class Family:
 
 class Series:
     """A series rendered once (Family.series): its sample line up to the value (`name{a="1",b="2"} `), and its last
-    line and value, so that a value unchanged since the last write is not formatted again (Family.add_series).
-    Unchanged: equal and of the same sign, as 0.0 and -0.0 are equal but written apart; NaN, unequal to itself,
-    is formatted every time."""
+    line and the value it was given, so that a value unchanged since the last write is not rounded and formatted
+    again (Family.add_series). Unchanged: equal and of the same sign, as 0.0 and -0.0 are equal but written apart;
+    NaN, unequal to itself, is formatted every time."""
 
     __slots__ = ("line", "text", "value")
 

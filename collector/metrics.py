@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from collector import __version__
 from collector.accounting import Ledger
@@ -69,9 +69,10 @@ def gpu_memory_label(used: Optional[int]) -> str:
 
 
 def memory_percent(used: Optional[int], total: Optional[int]) -> Optional[float]:
+    """Unrounded: gpu_process_memory_utilization's samples are added with 4 digits."""
     if used is None or not total:
         return None
-    return round(100.0 * used / total, 4)
+    return 100.0 * used / total
 
 
 MAX_LABEL_CHARS = 1024
@@ -279,19 +280,19 @@ class _ReportFamilies:
         proc = record.gpu
         labels: Union[_ProcessLabels, _ProcessSeries] = _ProcessLabels(record) if cache is None else \
             cache.series(record, self)
-        add: Callable[[Family, Any, float], None] = Family.add if cache is None else Family.add_series
-        add(self.info, labels.info(self.info, status(record), gpu_memory_label(proc.used_memory)), 1.0)
+        add: Callable[..., None] = Family.add if cache is None else Family.add_series
+        add(self.info, labels.info(self.info, record), 1.0)
         if proc.sm_utilization is not None:
-            add(self.util, labels.util, round(proc.sm_utilization, 4))
+            add(self.util, labels.util, proc.sm_utilization, 4)
         percent = memory_percent(proc.used_memory, proc.device.memory_total)
         if percent is not None:
-            add(self.mem_util, labels.mem_util, percent)
+            add(self.mem_util, labels.mem_util, percent, 4)
         if proc.used_memory is not None:
             add(self.mem_bytes, labels.mem_bytes, float(proc.used_memory))
         if record.idle_seconds is not None:
-            add(self.idle, labels.idle, round(record.idle_seconds, 3))
+            add(self.idle, labels.idle, record.idle_seconds, 3)
         if record.sm_seconds_total is not None:
-            add(self.sm_seconds, labels.sm_seconds, round(record.sm_seconds_total, 6))
+            add(self.sm_seconds, labels.sm_seconds, record.sm_seconds_total, 6)
         if record.unallocated is not None:
             add(self.unallocated, labels.unallocated, 1.0 if record.unallocated else 0.0)
 
@@ -361,8 +362,13 @@ class _ProcessLabels:
         self.mem_bytes = [*self.idle, owner.kind, owner_name]
         self.unallocated = [gpu, device.uuid, pid, pod, namespace, container]
 
-    def info(self, _family: Family, status: str, gpu_memory: str) -> list[str]:
-        return [*self.info_head, status, gpu_memory]
+    def info(self, _family: Family, record: ProcessRecord) -> list[str]:
+        return _info_labels(self.info_head, record)
+
+
+def _info_labels(head: list[str], record: ProcessRecord) -> list[str]:
+    """gpu_process_info's label values: the process's, then its status and memory."""
+    return [*head, status(record), gpu_memory_label(record.gpu.used_memory)]
 
 
 class _ProcessSeries:
@@ -379,14 +385,16 @@ class _ProcessSeries:
         self.sm_seconds = families.sm_seconds.series(labels.sm_seconds)
         self.unallocated = families.unallocated.series(labels.unallocated)
         self._info_head = labels.info_head
-        self._info_key: tuple[str, str] = ("", "")
+        self._info_key: Optional[tuple[Optional[bool], Optional[int]]] = None
         self._info = Series("")
 
-    def info(self, family: Family, status: str, gpu_memory: str) -> Series:
-        """gpu_process_info's series, whose status and gpu_memory labels change while the process lives."""
-        if (status, gpu_memory) != self._info_key:
-            self._info_key = (status, gpu_memory)
-            self._info = family.series([*self._info_head, status, gpu_memory])
+    def info(self, family: Family, record: ProcessRecord) -> Series:
+        """gpu_process_info's series, whose status and gpu_memory labels change while the process lives: rendered
+        again when what they are made of (status: whether active; gpu_memory: the memory held) changes."""
+        key = (record.gpu.active, record.gpu.used_memory)
+        if key != self._info_key:
+            self._info_key = key
+            self._info = family.series(_info_labels(self._info_head, record))
         return self._info
 
 
