@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import resource
 import statistics
@@ -29,11 +30,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+gc.disable()  # the imports under collector/__main__.py's settings: no collection while importing, then frozen
 import pynvml  # noqa: E402
 
-from collector import nvml, runner, state  # noqa: E402
+from collector import metrics, nvml, runner, state  # noqa: E402
 from collector.settings import Settings  # noqa: E402
 from tests.simhost import GIB, Gpu, HostTree, proc, scenario, update_scenario, write_scenario  # noqa: E402
+
+gc.freeze()
+gc.enable()
 
 FAKE_NVML = REPO / "tests" / "fake_nvml"
 GOALS_MS = {"cycle at 100": 5.0, "cycle at 1000": 30.0, "tick at 1000": 2.0}
@@ -68,6 +73,7 @@ class Service:
                                  state_dir=str(workdir / "state"), interval=60.0, log_level="error")
         (workdir / "textfile").mkdir(exist_ok=True)
         self.session = nvml.Session(long_running=True)
+        self.series = metrics.SeriesCache()
         self.previous = state.State()
 
     def show(self, pids: list[int], sampled: bool = True) -> None:
@@ -78,7 +84,7 @@ class Service:
             pynvml.nvmlSystemGetDriverVersion()
 
     def cycle(self) -> None:
-        code, self.previous = runner.one_collection(self.settings, self.previous, self.session)
+        code, self.previous = runner.one_collection(self.settings, self.previous, self.session, self.series)
         if code != 0:
             raise SystemExit(f"a cycle failed with exit code {code}")
 
@@ -103,6 +109,7 @@ class Service:
 
 def child(workdir: Path, cycles: int) -> int:
     """Runs inside the process that has the stand-in NVML on its library path."""
+    runner.tune_gc()  # as runner.serve does
     service = Service(workdir)
     pool = service.pool
     service.cycle_ms(pool[:100], 3)  # warm: imports, first NVML init, first GPM and /proc reads

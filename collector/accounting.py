@@ -147,9 +147,12 @@ def _sm_seconds(records: Sequence[ProcessRecord], activity: Mapping[str, DeviceA
 def _add_usage(ledger: Ledger, records: Sequence[ProcessRecord], sm: Sequence[float], span: float,
                now: float) -> None:
     held: dict[tuple[OwnerKey, str], float] = {}  # one owner's processes on one device hold it once
+    owners = ledger.owners
     for record, seconds in zip(records, sm):
         key = owner_key(record)
-        usage = ledger.owners.setdefault(key, OwnerUsage())
+        usage = owners.get(key)
+        if usage is None:  # not setdefault(key, OwnerUsage()), which would make an OwnerUsage per process
+            usage = owners[key] = OwnerUsage()
         time_held = _held(record, span, now)
         usage.sm_seconds += seconds
         usage.memory_byte_seconds += float(record.gpu.used_memory or 0) * time_held

@@ -11,7 +11,10 @@ hostile names included), and promtool checks every file the tests write.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from math import copysign
+from typing import Any, Optional
 
 GAUGE = "gauge"
 COUNTER = "counter"
@@ -20,18 +23,65 @@ COUNTER = "counter"
 class Family:
     """One metric family: a name, its help, its type, its label names, and the samples added to it."""
 
-    __slots__ = ("help", "labels", "name", "samples", "type")
+    __slots__ = ("_template", "has_series", "help", "labels", "name", "samples", "type")
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = (), kind: str = GAUGE) -> None:
         self.name = name
         self.help = help_text
         self.type = kind
         self.labels = tuple(labels)
-        self.samples: list[tuple[Sequence[str], float]] = []
+        # (label values, value) from add; a line from add_series, which sets has_series.
+        self.samples: list[Any] = []
+        self.has_series = False
+        self._template: Optional[tuple[str, Optional[list[int]]]] = None
 
-    def add(self, values: Sequence[str], value: float) -> None:
-        """A sample: one value per label name, in the family's label order."""
-        self.samples.append((values, value))
+    def add(self, values: Sequence[str], value: float, digits: Optional[int] = None) -> None:
+        """A sample: one value per label name, in the family's label order; the value rounded to digits decimal
+        places (round) where given."""
+        self.samples.append((values, value if digits is None else round(value, digits)))
+
+    def series(self, values: Sequence[str]) -> Series:
+        """The series of these label values, rendered once for a caller that adds it again and again (the
+        long-running mode, docs/performance.md) with add_series: the same lines as add(values, ...) writes."""
+        template, order = self.template()
+        return Series(template % _ordered(values, order) + " ")
+
+    def add_series(self, series: Series, value: float, digits: Optional[int] = None) -> None:
+        """A sample of a series rendered by series(), of this family or of another with its name and labels; the
+        value rounded as add rounds it (with the same digits every time: the last line is kept by the value as
+        given). A value as given the last time the series was added (Series) takes its last line: neither rounded
+        nor formatted again."""
+        if value != series.value or copysign(1.0, value) != copysign(1.0, series.value):
+            series.value = value
+            series.line = f"{series.text}{format_value(value if digits is None else round(value, digits))}\n"
+        self.samples.append(series.line)
+        self.has_series = True
+
+    def template(self) -> tuple[str, Optional[list[int]]]:
+        """A %-template of a sample line up to its value (name, label names in sorted order, quotes), and the
+        order in which it takes the label values (None: as given)."""
+        if self._template is None:
+            labels = self.labels
+            order = sorted(range(len(labels)), key=labels.__getitem__)
+            template = self.name.replace("%", "%%")
+            if labels:
+                template += "{" + ",".join(labels[i].replace("%", "%%") + '="%s"' for i in order) + "}"
+            self._template = (template, None if order == list(range(len(labels))) else order)
+        return self._template
+
+
+class Series:
+    """A series rendered once (Family.series): its sample line up to the value (`name{a="1",b="2"} `), and its last
+    line and the value it was given, so that a value unchanged since the last write is not rounded and formatted
+    again (Family.add_series). Unchanged: equal and of the same sign, as 0.0 and -0.0 are equal but written apart;
+    NaN, unequal to itself, is formatted every time."""
+
+    __slots__ = ("line", "text", "value")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.value = math.nan  # no line yet
+        self.line = ""
 
 
 def escape_label_value(value: str) -> str:
@@ -59,31 +109,45 @@ def format_value(value: float) -> str:
     return text
 
 
+def _ordered(values: Sequence[str], order: Optional[list[int]]) -> tuple[str, ...]:
+    """Label values in the template's order, escaped only when one of them needs it (one scan of them joined)."""
+    ordered = tuple(values) if order is None else tuple([values[i] for i in order])
+    joined = "".join(ordered)
+    if "\\" in joined or '"' in joined or "\n" in joined:
+        return tuple(map(escape_label_value, ordered))
+    return ordered
+
+
 def _sample_lines(family: Family) -> list[str]:
-    """The family's sample lines. One %-template per family holds the fixed text (name, label names in sorted
-    order, quotes); a sample's label values are escaped only when one of them needs it (one scan of them joined)."""
-    name = family.name.replace("%", "%%")
-    labels = family.labels
-    if not labels:
+    """The family's sample lines. One %-template per family holds the fixed text (Family.template)."""
+    if family.has_series:
+        return _series_lines(family)
+    if not family.labels:
         return [f"{family.name} {format_value(value)}\n" for _, value in family.samples]
-    order = sorted(range(len(labels)), key=labels.__getitem__)
-    template = name + "{" + ",".join(labels[i].replace("%", "%%") + '="%s"' for i in order) + "} %s\n"
-    in_order = order == list(range(len(labels)))
+    template, order = family.template()
+    template += " %s\n"
     lines: list[str] = []
     append = lines.append
     formatted: dict[float, str] = {}  # a family repeats its values (1, sizes, percentages): format each once
     for values, value in family.samples:
-        ordered = tuple(values) if in_order else tuple([values[i] for i in order])
-        joined = "".join(ordered)
-        if "\\" in joined or '"' in joined or "\n" in joined:
-            ordered = tuple(map(escape_label_value, ordered))
         text = formatted.get(value) if value else None  # 0.0 and -0.0 are one key but two texts: not cached
         if text is None:
             text = format_value(value)
             if value:
                 formatted[value] = text
+        # _ordered, inlined: a call per sample would add 4 % to the loop, which a timer run pays every time
+        ordered = tuple(values) if order is None else tuple([values[i] for i in order])
+        joined = "".join(ordered)
+        if "\\" in joined or '"' in joined or "\n" in joined:
+            ordered = tuple(map(escape_label_value, ordered))
         append(template % (*ordered, text))
     return lines
+
+
+def _series_lines(family: Family) -> list[str]:
+    """The lines of a family with samples added as rendered series (add_series), label values perhaps among them."""
+    return [sample if isinstance(sample, str) else family.series(sample[0]).text + format_value(sample[1]) + "\n"
+            for sample in family.samples]
 
 
 def render(families: Iterable[Family]) -> bytes:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 from collector import __version__
 from collector.accounting import Ledger
-from collector.exposition import COUNTER, Family, render
+from collector.exposition import COUNTER, Family, Series, render
 from collector.model import (
     CDI_UNRESOLVED_REASONS,
     EMPTY,
@@ -21,6 +21,7 @@ from collector.model import (
     Device,
     DeviceActivity,
     FailedGpu,
+    Owner,
     ProcessRecord,
 )
 from collector.redact import args_label
@@ -68,9 +69,10 @@ def gpu_memory_label(used: Optional[int]) -> str:
 
 
 def memory_percent(used: Optional[int], total: Optional[int]) -> Optional[float]:
+    """Unrounded: gpu_process_memory_utilization's samples are added with 4 digits."""
     if used is None or not total:
         return None
-    return round(100.0 * used / total, 4)
+    return 100.0 * used / total
 
 
 MAX_LABEL_CHARS = 1024
@@ -109,8 +111,9 @@ def render_failure(last_success: Optional[float], duration: float, driver_versio
     return render(_self_families(False, last_success, duration, driver_version))
 
 
-def render_report(report: Report) -> bytes:
-    return render(_report_families(report))
+def render_report(report: Report, cache: Optional[SeriesCache] = None) -> bytes:
+    """The file of a successful run. cache: the long-running mode's series from the last write, updated."""
+    return render(_report_families(report, cache))
 
 
 class _ReportFamilies:
@@ -271,28 +274,27 @@ class _ReportFamilies:
             self.aggregated_memory.add(key, memory[key])
             self.aggregated_count.add(key, count[key])
 
-    def add_process(self, record: ProcessRecord) -> None:
-        proc, device, owner = record.gpu, record.gpu.device, record.owner
-        gpu, pid, command = device.label, str(proc.pid), record.host.name  # cleaned by procfs.printable
-        pod, namespace, container, owner_name = (label_value(v) for v in (owner.pod, owner.namespace,
-                                                                           owner.container, owner.name))
-        k8s = [pod, namespace, container]
-        self.info.add([gpu, pid, command, *k8s, status(record), gpu_memory_label(proc.used_memory)], 1.0)
-        seed_labels = [gpu, pid, command, pod, namespace]
+    def add_process(self, record: ProcessRecord, cache: Optional[SeriesCache] = None) -> None:
+        """The process's samples: from its label values, or, given the long-running mode's cache, from its series
+        as an earlier write rendered them."""
+        proc = record.gpu
+        labels: Union[_ProcessLabels, _ProcessSeries] = _ProcessLabels(record) if cache is None else \
+            cache.series(record, self)
+        add: Callable[..., None] = Family.add if cache is None else Family.add_series
+        add(self.info, labels.info(self.info, record), 1.0)
         if proc.sm_utilization is not None:
-            self.util.add(seed_labels, round(proc.sm_utilization, 4))
-        percent = memory_percent(proc.used_memory, device.memory_total)
+            add(self.util, labels.util, proc.sm_utilization, 4)
+        percent = memory_percent(proc.used_memory, proc.device.memory_total)
         if percent is not None:
-            self.mem_util.add(seed_labels, percent)
+            add(self.mem_util, labels.mem_util, percent, 4)
         if proc.used_memory is not None:
-            self.mem_bytes.add([gpu, device.uuid, pid, command, *k8s, owner.kind, owner_name],
-                               float(proc.used_memory))
+            add(self.mem_bytes, labels.mem_bytes, float(proc.used_memory))
         if record.idle_seconds is not None:
-            self.idle.add([gpu, device.uuid, pid, command, *k8s], round(record.idle_seconds, 3))
+            add(self.idle, labels.idle, record.idle_seconds, 3)
         if record.sm_seconds_total is not None:
-            self.sm_seconds.add([gpu, device.uuid, pid, command, *k8s], round(record.sm_seconds_total, 6))
+            add(self.sm_seconds, labels.sm_seconds, record.sm_seconds_total, 6)
         if record.unallocated is not None:
-            self.unallocated.add([gpu, device.uuid, pid, *k8s], 1.0 if record.unallocated else 0.0)
+            add(self.unallocated, labels.unallocated, 1.0 if record.unallocated else 0.0)
 
     def add_allocations(self, allocations: AllocationView, budget: int) -> None:
         """The allocation families. budget: how many allocated devices may have series of their own."""
@@ -344,6 +346,93 @@ class _ReportFamilies:
                 family.add([device.label, device.uuid], round(value, 4))
 
 
+class _ProcessLabels:
+    """One process's label values, family by family (families with the same label names share one list)."""
+
+    __slots__ = ("idle", "info_head", "mem_bytes", "mem_util", "sm_seconds", "unallocated", "util")
+
+    def __init__(self, record: ProcessRecord) -> None:
+        proc, device, owner = record.gpu, record.gpu.device, record.owner
+        gpu, pid, command = device.label, str(proc.pid), record.host.name  # cleaned by procfs.printable
+        pod, namespace, container, owner_name = (label_value(v) for v in (owner.pod, owner.namespace,
+                                                                           owner.container, owner.name))
+        self.info_head = [gpu, pid, command, pod, namespace, container]
+        self.util = self.mem_util = [gpu, pid, command, pod, namespace]
+        self.idle = self.sm_seconds = [gpu, device.uuid, pid, command, pod, namespace, container]
+        self.mem_bytes = [*self.idle, owner.kind, owner_name]
+        self.unallocated = [gpu, device.uuid, pid, pod, namespace, container]
+
+    def info(self, _family: Family, record: ProcessRecord) -> list[str]:
+        return _info_labels(self.info_head, record)
+
+
+def _info_labels(head: list[str], record: ProcessRecord) -> list[str]:
+    """gpu_process_info's label values: the process's, then its status and memory."""
+    return [*head, status(record), gpu_memory_label(record.gpu.used_memory)]
+
+
+class _ProcessSeries:
+    """One process's series, rendered (Family.series) when first reported with these label values."""
+
+    __slots__ = ("_info", "_info_head", "_info_key", "idle", "mem_bytes", "mem_util", "sm_seconds", "unallocated",
+                 "util")
+
+    def __init__(self, labels: _ProcessLabels, families: _ReportFamilies) -> None:
+        self.util = families.util.series(labels.util)
+        self.mem_util = families.mem_util.series(labels.mem_util)
+        self.mem_bytes = families.mem_bytes.series(labels.mem_bytes)
+        self.idle = families.idle.series(labels.idle)
+        self.sm_seconds = families.sm_seconds.series(labels.sm_seconds)
+        self.unallocated = families.unallocated.series(labels.unallocated)
+        self._info_head = labels.info_head
+        self._info_key: Optional[tuple[Optional[bool], Optional[int]]] = None
+        self._info = Series("")
+
+    def info(self, family: Family, record: ProcessRecord) -> Series:
+        """gpu_process_info's series, whose status and gpu_memory labels change while the process lives: rendered
+        again when what they are made of (status: whether active; gpu_memory: the memory held) changes."""
+        key = (record.gpu.active, record.gpu.used_memory)
+        if key != self._info_key:
+            self._info_key = key
+            self._info = family.series(_info_labels(self._info_head, record))
+        return self._info
+
+
+class SeriesCache:
+    """The long-running mode's rendered process series, kept from one write to the next (docs/performance.md): a
+    process keeps its label values interval after interval, so its series are rendered once, not at every write.
+
+    An entry is keyed by everything its text is made of: the unit, the PID, the command and the whole owner (and,
+    for all entries, the label prefix). A process with a new command, a new owner (moved to another cgroup) or a
+    PID now another process's with other labels gets series of its own, never the old ones. A write keeps only
+    the entries it used: nothing stays for processes gone."""
+
+    __slots__ = ("_earlier", "label_prefix", "processes")
+
+    def __init__(self) -> None:
+        self.label_prefix: Optional[str] = None
+        self.processes: dict[tuple[str, str, int, str, Owner], _ProcessSeries] = {}  # the last write's
+        self._earlier: dict[tuple[str, str, int, str, Owner], _ProcessSeries] = {}
+
+    def begin(self, label_prefix: str) -> None:
+        """A new write: the last one's entries may be used, those of another label prefix may not."""
+        self._earlier = self.processes if label_prefix == self.label_prefix else {}
+        self.label_prefix = label_prefix
+        self.processes = {}
+
+    def series(self, record: ProcessRecord, families: _ReportFamilies) -> _ProcessSeries:
+        device = record.gpu.device
+        key = (device.label, device.uuid, record.gpu.pid, record.host.name, record.owner)
+        entry = self._earlier.get(key)
+        if entry is None:
+            entry = _ProcessSeries(_ProcessLabels(record), families)
+        self.processes[key] = entry
+        return entry
+
+    def end(self) -> None:
+        self._earlier = {}
+
+
 def _by_memory(record: ProcessRecord) -> tuple[int, int]:
     return (-(record.gpu.used_memory or 0), record.gpu.pid)
 
@@ -357,8 +446,10 @@ def _unused_first(use: AllocationUse) -> tuple[bool, float, tuple[str, str, str,
     return (use.in_use, -use.idle_seconds, _by_labels(use))
 
 
-def _report_families(report: Report) -> list[Family]:
+def _report_families(report: Report, cache: Optional[SeriesCache] = None) -> list[Family]:
     f = _ReportFamilies(report.label_prefix, report.command_args)
+    if cache is not None:
+        cache.begin(report.label_prefix)
     per_device: dict[str, int] = {d.label: 0 for d in report.devices}
     accounted: dict[str, int] = {d.label: 0 for d in report.devices}
     records = list(report.records)
@@ -372,10 +463,12 @@ def _report_families(report: Report) -> list[Family]:
     else:
         f.series_dropped.add((), 0.0)
     for record in records:
-        f.add_process(record)
+        f.add_process(record, cache)
         if f.command is not None:
             f.command.add((record.gpu.device.label, str(record.gpu.pid), record.host.name,
                            args_label(record.host.cmdline)), 1.0)
+    if cache is not None:
+        cache.end()
     for record in report.records:
         device = record.gpu.device
         per_device[device.label] += 1

@@ -26,7 +26,7 @@ NA_MEMORY = 0xFFFFFFFFFFFFFFFF
 NA_ID = 0xFFFFFFFF  # a process entry's GPU / compute instance id outside MIG, or for a caller NVML does not tell
 MAX_SM_PERCENT = 100
 
-# (list, the unversioned wrapper that needs the *_v3 symbol, the _v2 wrapper of R470..R495 drivers)
+# (list, the call whose *_v3 symbol current drivers have, the _v2 wrapper of R470..R495 drivers)
 PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
     ("compute", "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"),
     ("graphics", "nvmlDeviceGetGraphicsRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses_v2"),
@@ -47,6 +47,9 @@ class _ProcessInfoR535(ctypes.Structure):
         ("computeInstanceId", ctypes.c_uint),
         ("usedGpuCcProtectedMemory", ctypes.c_ulonglong),
     ]
+
+
+_PROCESS_INFO = pynvml.c_nvmlProcessInfo_v3_t  # the entry of the *_RunningProcesses_v3 calls, as pynvml reads it
 
 
 class _Entry(NamedTuple):
@@ -74,8 +77,11 @@ def _driver_writes_32_byte_entries() -> bool:
     return False
 
 
-def _running_processes_r535(handle: Any, wrapper: str) -> list[_Entry]:
-    """The count-then-fill call of pynvml's wrapper, with the 32-byte entry."""
+def _running_processes(handle: Any, wrapper: str, entry: Any) -> list[_Entry]:
+    """The count-then-fill call of pynvml's wrapper (its *_v3 symbol), with the given entry structure: pynvml's
+    own, or the 32-byte one of early R535 drivers. pynvml's wrapper turns each entry into an object field by field,
+    through its structures' Python __getattribute__, which costs more than the call itself; the fields are read
+    here through the structure's descriptors instead (docs/performance.md)."""
     fn = pynvml._nvmlGetFunctionPointer(wrapper + "_v3")
     count = ctypes.c_uint(0)
     ret = fn(handle, ctypes.byref(count), None)
@@ -84,13 +90,13 @@ def _running_processes_r535(handle: Any, wrapper: str) -> list[_Entry]:
     if ret != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
         raise pynvml.NVMLError(ret)
     count.value = count.value * 2 + 5  # room for processes starting meanwhile, as pynvml allows
-    entries = (_ProcessInfoR535 * count.value)()
+    entries = (entry * count.value)()
     ret = fn(handle, ctypes.byref(count), entries)
     if ret != pynvml.NVML_SUCCESS:
         raise pynvml.NVMLError(ret)
-    return [_Entry(pid=int(e.pid), usedGpuMemory=None if e.usedGpuMemory == NA_MEMORY else int(e.usedGpuMemory),
-                   gpuInstanceId=int(e.gpuInstanceId), computeInstanceId=int(e.computeInstanceId))
-            for e in entries[: count.value]]
+    pid, used, gi, ci = (entry.pid.__get__, entry.usedGpuMemory.__get__, entry.gpuInstanceId.__get__,
+                         entry.computeInstanceId.__get__)
+    return [_Entry(pid(e), None if used(e) == NA_MEMORY else used(e), gi(e), ci(e)) for e in entries[: count.value]]
 
 
 class NvmlUnavailable(Exception):
@@ -269,7 +275,7 @@ class _Reader:
         r535 = _driver_writes_32_byte_entries()
         for kind, current, older in PROCESS_LISTS:
             try:
-                entries.extend(_running_processes_r535(handle, current) if r535 else getattr(pynvml, current)(handle))
+                entries.extend(_running_processes(handle, current, _ProcessInfoR535 if r535 else _PROCESS_INFO))
                 continue
             except pynvml.NVMLError_NotSupported:
                 continue
@@ -321,7 +327,13 @@ def query_samples(handle: Any, uuid: str, since_us: int, now_us: int,
     except pynvml.NVMLError as err:
         log.warning("per-process utilisation of %s unavailable: %s", uuid, err)
         return None
-    samples = [(int(s.pid), int(s.timeStamp), int(s.smUtil)) for s in raw]
+    samples: list[Sample] = []
+    if raw:
+        # Through the structure's field descriptors: pynvml's structures read every attribute through a Python
+        # __getattribute__ (which decodes text fields), four times slower, and a tick reads three per process.
+        fields = type(raw[0])
+        pid, stamp, sm = fields.pid.__get__, fields.timeStamp.__get__, fields.smUtil.__get__
+        samples = [(pid(s), stamp(s), sm(s)) for s in raw]
     # "The future" is after this answer, not after the run began: under CPUQuota= a run's own reads can take long
     # enough for the driver to have taken fresh samples since it started, and those are real.
     kept = plausible_samples(samples, listed, since_us, max(now_us, int(time.time() * 1_000_000)))
@@ -378,9 +390,13 @@ class Integrator:
         busy = self.busy.pop(uuid, {})
         start = self.window_start
         self.last_tick[uuid] = now
-        return {pid: Activity(sm_percent=100.0 * busy.get(pid, 0.0) / max(now - start, 1e-9),
-                              active=busy.get(pid, 0.0) > 0, busy_seconds=busy.get(pid, 0.0), window_start=start)
-                for pid in listed}
+        span = max(now - start, 1e-9)
+        out = {}
+        for pid in listed:
+            seconds = busy.get(pid, 0.0)
+            out[pid] = Activity(sm_percent=100.0 * seconds / span, active=seconds > 0, busy_seconds=seconds,
+                                window_start=start)
+        return out
 
     def new_window(self, now: float) -> None:
         self.window_start = now
@@ -414,6 +430,15 @@ def time_weighted(samples: Iterable[Sample]) -> dict[int, Activity]:
     instant: the typical spacing of the others). Where the driver returns one entry per process (the documented
     shape), that entry's value is the result."""
     samples = list(samples)
+    if len({pid for pid, _, _ in samples}) == len(samples):
+        # One entry per PID: its value, which is what the weighting yields, exactly, for plausible entries (an
+        # integer SM % times an integer span, divided by that span), at half the cost: a tick at 1,000 processes
+        # does this for every one of them.
+        return {pid: Activity(sm_percent=float(sm), active=sm > 0) for pid, _, sm in samples}
+    return _weighted(samples)
+
+
+def _weighted(samples: Sequence[Sample]) -> dict[int, Activity]:
     stamps = sorted({ts for _, ts, _ in samples})
     gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
     covers = {stamps[0]: sorted(gaps)[len(gaps) // 2] if gaps else 1} if stamps else {}

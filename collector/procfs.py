@@ -50,6 +50,8 @@ def printable(text: str) -> str:
 
     Quotes, backslashes and newlines stay: the exposition writer escapes them.
     """
+    if text.isascii():  # what the round trip below gives, without it
+        return text[:MAX_NAME_CHARS]
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:MAX_NAME_CHARS]
 
 
@@ -204,7 +206,7 @@ def describe(pid: int, with_cmdline: bool = False) -> HostProcess:
         raise unavailable from None
     rpar = stat.rfind(b")")
     name = stat[stat.find(b"(") + 1:rpar].decode(_FS_ENCODING, _FS_ERRORS)
-    start = float(stat[rpar + 2:].split()[19]) / CLOCK_TICKS + boot_time()
+    start = float(stat[rpar + 2:].split(None, 20)[19]) / CLOCK_TICKS + boot_time()  # split up to field 22 only
     args: Optional[list[str]] = None
     try:
         if len(name) >= KERNEL_NAME_CHARS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import time
 from typing import IO, Callable, Optional
 
 from collector import nvml, state
-from collector.metrics import render_failure
+from collector.metrics import SeriesCache, render_failure
 from collector.run import collect
 from collector.settings import Settings
 from collector.textfile import WriteError, atomic_write
@@ -30,6 +31,7 @@ log = logging.getLogger("gpu-proc-collector")
 
 EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_WRITE_FAILED, EXIT_DEADLINE, EXIT_LOCKED = 0, 1, 3, 4, 75
 STOP_GRACE_S = 1.0  # after SIGTERM, a collection still running is abandoned (the last good file stays)
+GC_THRESHOLD = 10_000  # the long-running mode's first-generation threshold of the cyclic collector (Python's: 700)
 
 
 class RunLock:
@@ -67,7 +69,7 @@ def write_output(text: bytes, settings: Settings) -> int:
         sys.stdout.flush()
         return EXIT_OK
     try:
-        atomic_write(settings.textfile, text)
+        atomic_write(settings.textfile, text, durable=False)  # collector.textfile: why it need not be
     except WriteError as err:
         log.error("%s (the previous file is left as it was)", err)
         return EXIT_WRITE_FAILED
@@ -118,11 +120,12 @@ class Watchdog:
             os._exit(EXIT_DEADLINE)
 
 
-def one_collection(settings: Settings, previous: state.State,
-                   session: Optional[nvml.Session] = None) -> tuple[int, state.State]:
-    """Collects, publishes and saves the state; returns the exit code and the state to carry on with."""
+def one_collection(settings: Settings, previous: state.State, session: Optional[nvml.Session] = None,
+                   series: Optional[SeriesCache] = None) -> tuple[int, state.State]:
+    """Collects, publishes and saves the state; returns the exit code and the state to carry on with. The
+    long-running mode passes what it keeps between collections: its NVML session and its rendered series."""
     with Watchdog(settings.deadline, settings, previous) as watchdog:
-        outcome = collect(settings, previous, session=session)
+        outcome = collect(settings, previous, session=session, series=series)
         code = watchdog.publish(outcome.text)
     if code != EXIT_OK:
         return code, previous
@@ -202,6 +205,16 @@ class _Signals:
             os._exit(EXIT_OK)
 
 
+def tune_gc() -> None:
+    """The cyclic garbage collector of the long-running mode. A collection builds thousands of records, label
+    lists and samples that live until its file is written and then go by reference counting, not in cycles; at
+    Python's threshold (700 new objects) the collector runs about 15 times per collection at 1,000 processes and
+    walks them over and over: 1.5 to 3.5 ms of a cycle (docs/performance.md). At GC_THRESHOLD it runs about once
+    in 30 cycles there, and what it is for, the few reference cycles a collection leaves (the watchdog and its
+    timer thread), is still collected."""
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
     """The long-running mode: one collection every settings.interval seconds, NVML kept initialised between them
     (a collection that meets a broken NVML writes up 0 and the next one initialises it again), per-process
@@ -212,7 +225,9 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
         log.error("another gpu-proc-collector run holds %s; the service exits", lock.path)
         return EXIT_LOCKED
     signals = _Signals()
+    tune_gc()
     session = nvml.Session(long_running=True)
+    series = SeriesCache()
     previous = state.load(settings.state_dir)
     ready = False
     try:
@@ -221,7 +236,7 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
                 signals.reload.clear()
                 settings = _reloaded(settings, reload)
             signals.collecting.set()
-            _, previous = one_collection(settings, previous, session)
+            _, previous = one_collection(settings, previous, session, series)
             signals.collecting.clear()
             if session.needs_restart:
                 log.error("the NVIDIA library this process loaded does not match the driver any more (upgraded?): "

@@ -17,7 +17,13 @@ class WriteError(Exception):
     """The file could not be replaced; the previous one is untouched."""
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replaces path with data: a temporary file in its directory, written, fsynced, renamed over it. Whatever a
+    crash interrupts, the path names the old file or the new one, each whole: the data reaches the disk before the
+    rename can. durable: the directory is fsynced too, so that the rename itself survives a crash (the state
+    file, whose counters must not go back). Without it, a crash soon after may bring back the previous whole file
+    instead, which is enough for the textfile: a file from before a crash is out of date either way, and the
+    first collection after it replaces it (docs/performance.md)."""
     directory = os.path.dirname(os.path.abspath(path))
     # The temporary name does not end in .prom, so node_exporter never reads it half-written.
     try:
@@ -35,7 +41,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _create_temporary(directory: str, prefix: str) -> tuple[int, str]:

@@ -59,6 +59,31 @@ def test_any_families_render_as_prometheus_client_renders_them(families: list[Fa
     assert render(families) == _reference(families)
 
 
+@settings(max_examples=200, deadline=None)
+@given(_families(), st.data())
+def test_series_rendered_once_write_the_same_lines_as_label_values(families: list[Family], data: st.DataObject
+                                                                   ) -> None:
+    """The long-running mode renders a series once (Family.series) and adds it again at each write (add_series),
+    by itself or among samples given as label values, after other values or the same, rounded or not: the file is
+    the same byte for byte."""
+    expected, again = [], []
+    for family in families:
+        fresh, copy = (Family(family.name, family.help, family.labels, family.type) for _ in range(2))
+        for values, value in family.samples:
+            digits = data.draw(st.none() | st.integers(0, 6))
+            fresh.add(values, value, digits)
+            if data.draw(st.booleans()):
+                series = Family(family.name, "another help", family.labels).series(values)
+                for earlier in data.draw(st.lists(_value, max_size=2)):  # its last line is of another value
+                    Family(family.name, "another help", family.labels).add_series(series, earlier, digits)
+                copy.add_series(series, value, digits)
+            else:
+                copy.add(values, value, digits)
+        expected.append(fresh)
+        again.append(copy)
+    assert render(again) == render(expected)
+
+
 @given(_value)
 def test_values_are_written_as_go_writes_floats(value: float) -> None:
     assert format_value(value) == floatToGoString(value)

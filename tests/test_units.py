@@ -8,14 +8,19 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from collector import nvml, state
 from collector import podresources_v1_pb2 as api
-from collector import state
 from collector.attribution import resolve
 from collector.cli import UsageError, parse_devices, settings
 from collector.model import Device, MigInfo
 from collector.podresources import DeviceRef, is_gpu_resource, parse_device_id
+from collector.runner import write_output
 from collector.runtimes import RuntimeMetadata
+from collector.settings import Settings
 from collector.textfile import WriteError, atomic_write
 from tests.conftest import mounted_tmpfs
 
@@ -89,6 +94,48 @@ def test_atomic_write_replaces_whole_and_sets_the_mode(tmp_path: Path) -> None:
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
+
+
+def test_data_reaches_the_disk_before_the_rename_and_only_the_state_waits_for_its_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash safety of both files (collector.textfile): each one's data is fsynced before the rename, so a crash
+    leaves the old file or the new one, whole. Only the state's directory is fsynced after it: its counters must
+    not go back after a crash, where a textfile from before one is replaced by the first collection after."""
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def fsynced(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def renamed(source: str, target: str) -> None:
+        events.append(("rename", str(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsynced)
+    monkeypatch.setattr(os, "replace", renamed)
+    (tmp_path / "textfile").mkdir()
+    write_output(b"x 1.0\n", Settings(textfile_dir=str(tmp_path / "textfile")))
+    state.save(str(tmp_path / "state"), state.State(last_success=1.0))
+    prom, saved = str(tmp_path / "textfile" / "gpu_processes.prom"), str(tmp_path / "state" / "state.json")
+    temporary = [Path(path) for what, path in events if what == "fsync"][:2]  # each file's, in its directory
+    assert [(p.parent, p.name.rsplit(".", 2)[0]) for p in temporary] == [
+        (tmp_path / "textfile", ".gpu_processes.prom"), (tmp_path / "state", ".state.json")]
+    assert events == [("fsync", str(temporary[0])), ("rename", prom),
+                      ("fsync", str(temporary[1])), ("rename", saved), ("fsync", str(tmp_path / "state"))]
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 10**10), st.integers(0, 100)), max_size=80))
+def test_utilisation_entries_one_per_pid_give_what_weighting_them_gives(samples: list[tuple[int, int, int]]
+                                                                         ) -> None:
+    """nvml.time_weighted takes a short cut where each PID has one entry (the shape current drivers return): the
+    same values to the bit as weighting the entries by the time each covers, which it does where a PID has
+    several."""
+    def exact(result: dict[int, nvml.Activity]) -> dict[int, tuple[str, bool]]:
+        return {pid: (repr(a.sm_percent), a.active) for pid, a in result.items()}
+
+    assert exact(nvml.time_weighted(samples)) == exact(nvml._weighted(samples))
 
 
 def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path) -> None:
