@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A booted systemd guest for Molecule: a debootstrapped root of the release asked for (Debian bullseye, bookworm or
-# trixie, Ubuntu jammy or noble; cached per release, rebuilt when missing), an overlay per guest so the base stays clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on
-# a loopback port. Why nspawn: it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not
-# available and qemu under TCG is ~7x slower (measured on the 2-core CI machines).
+# trixie, Ubuntu jammy or noble; cached per release, rebuilt when missing), an overlay per guest so the base stays
+# clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on a loopback port. Why nspawn:
+# it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not available and qemu under TCG is ~7x
+# slower (measured on the 2-core CI machines).
 #
-#   guest.sh create NAME PORT PUBKEY [RELEASE]   boot a guest (default: bookworm) whose sshd listens on 127.0.0.1:PORT
-#   guest.sh destroy NAME                        stop it and remove its overlay
+#   guest.sh create NAME PORT PUBKEY [RELEASE]   boot a guest (default bookworm), its sshd on 127.0.0.1:PORT
+#   guest.sh destroy NAME                        stop it, remove its overlay and its cgroup
 #
 # Guests of one release share its base root; guests are created in parallel (create.yml), so the first to need a
 # base builds it under a lock and the others wait for it.
@@ -36,7 +37,7 @@ base_root() {
     (
         flock 9
         if [ ! -e "$base/.complete" ]; then
-            log "building the Debian $release base root in $base (about a minute, once)"
+            log "building the $release base root in $base (about a minute, once)"
             rm -rf "$base.tmp"
             # shellcheck disable=SC2086  # $script: no argument when empty
             debootstrap --variant=minbase --components="$components" --include="$PACKAGES" \
