@@ -164,6 +164,8 @@ def test_the_galaxy_metadata_names_what_is_tested() -> None:
         tested.setdefault(distributions[release], []).append(release)
     assert tested == {"Debian": ["bookworm", "bullseye", "trixie"], "Ubuntu": ["jammy", "noble"]}  # README, Platforms
     assert meta["platforms"] == [{"name": name, "versions": versions} for name, versions in tested.items()]
+    readme = (ROLE / "README.md").read_text()
+    assert all(f"({release})" in readme for release in distributions)
     assert f'"ansible-core>={meta["min_ansible_version"]}"' in (REPO / "pyproject.toml").read_text()
     runtime = yaml.safe_load((REPO / "collection" / "meta" / "runtime.yml").read_text())
     assert runtime["requires_ansible"] == f">={meta['min_ansible_version']}.0"
