@@ -51,8 +51,8 @@ fi
 
 # The wheel, built from a copy of just what it is made of (pyproject.toml reads README.md; setuptools packages
 # collector/ only and puts LICENSE into the metadata, as it does building from the repository), so nothing stale
-# in the repository's build/ gets in. SOURCE_DATE_EPOCH gives reproducible zip
-# timestamps, as the role's own build does (tasks/install.yml).
+# in the repository's build/ gets in. SOURCE_DATE_EPOCH gives reproducible zip timestamps, as the role's own
+# build does (tasks/install.yml).
 SRC="$(mktemp -d)"
 trap 'rm -rf "$SRC"' EXIT
 cp "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/LICENSE" "$SRC/"
