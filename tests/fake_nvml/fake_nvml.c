@@ -12,7 +12,8 @@
  *   FAKE_VARIANT_R470  no *_RunningProcesses_v3, no nvmlDeviceGetProcessesUtilizationInfo, no
  *                      nvmlDeviceGetMemoryInfo_v2 (NVML 11.6, R510) and no GPM (NVML 11.8/12.0, R520/R525):
  *                      R470..R495 drivers
- *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (docs/nvml-driver.md)
+ *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (docs/nvml-driver.md);
+ *                      no nvmlDeviceGetProcessesUtilizationInfo, which the real 535 library does not export (R550)
  *
  * Every driver behaviour played here, and its source, is listed in docs/nvml-driver.md.
  */
@@ -1125,7 +1126,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProces
     return NVML_SUCCESS;
 }
 
-#ifndef FAKE_VARIANT_R470
+#if !defined(FAKE_VARIANT_R470) && !defined(FAKE_VARIANT_R535) /* R550 on (tests/test_real_library.py) */
 EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvmlProcessesUtilizationInfo_t *info) {
     ENTER_DEV("nvmlDeviceGetProcessesUtilizationInfo", dev);
     if (!info) return NVML_ERROR_INVALID_ARGUMENT;
