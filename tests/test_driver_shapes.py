@@ -53,8 +53,10 @@ def test_garbage_entries_never_yield_a_value_outside_0_to_100_nor_blind_later_ru
     assert result.value("gpu_process_utilization", pid="721") == 40
     assert result.value("gpu_process_utilization", pid="722") == 0
     assert result.value("gpu_process_info", pid="722", status="idle") == 1
-    saved = json.loads((host.state_dir / "state.json").read_text())["last_seen_us"][gpu_uuid(0)]
-    assert saved <= time.time() * 1e6
+    saved = json.loads((host.state_dir / "state.json").read_text())["last_seen_us"]
+    assert saved[f"{gpu_uuid(0)}/721"] < time.time() * 1e6
+    assert all(ts <= time.time() * 1e6 for ts in saved.values()), saved
+    assert f"{gpu_uuid(0)}/722" not in saved  # its only plausible-looking entry was in the future
 
     # The next run sees a sample taken after the first run: it was not hidden behind the future timestamp.
     time.sleep(0.05)

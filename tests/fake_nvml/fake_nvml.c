@@ -97,6 +97,7 @@ typedef struct {
     unsigned long long ts;
     unsigned int sm, mem, enc, dec, jpg, ofa;
     unsigned long long every_us; /* a process busy all along: a new sample every this many µs (0: one sample) */
+    unsigned long long lag_us;   /* ... each one appearing this many µs after its timestamp */
 } sample_t;
 
 typedef struct { const char *fn; int code; } error_t_;
@@ -400,6 +401,7 @@ static void load_samples(const jval *arr, unsigned long long now, unsigned long 
         o->jpg = (unsigned int)json_u64(json_get(s, "jpg"), 0);
         o->ofa = (unsigned int)json_u64(json_get(s, "ofa"), 0);
         o->every_us = (unsigned long long)(json_num(json_get(s, "every_s"), 0) * 1e6);
+        o->lag_us = (unsigned long long)(json_num(json_get(s, "lag_s"), 0) * 1e6);
     }
     *n = (unsigned int)arr->len;
 }
@@ -1063,8 +1065,9 @@ static unsigned int utilization_entries(const device_t *dev, unsigned long long 
     unsigned int n = 0;
     unsigned long long now = now_us();
     for (unsigned int i = 0; i < dev->nsamples; i++) {
-        sample_t *s = (sample_t *)&dev->samples[i]; /* a recurring sample: its latest period's instant */
-        if (s->every_us) s->ts = now - now % s->every_us;
+        sample_t *s = (sample_t *)&dev->samples[i]; /* a recurring sample: its latest visible period's instant */
+        unsigned long long visible = now > s->lag_us ? now - s->lag_us : 0;
+        if (s->every_us) s->ts = visible - visible % s->every_us;
     }
     for (unsigned int i = 0; i < dev->ngarbage; i++) {
         if (out) out[n] = &dev->garbage[i];
