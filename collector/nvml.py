@@ -534,7 +534,9 @@ def _energy(handle: Any) -> Optional[int]:
 
 # ---- GPM: GPU Performance Monitoring (Hopper and newer), per GPU and per MIG GPU instance ----
 
-GPM_MIN_INTERVAL_S = 0.1  # nvml.h: samples must be more than 100 ms apart (docs/nvml-driver.md)
+# nvml.h: the two samples "should be greater than 100ms" apart, the driver's internal refresh period; a window right at
+# it can straddle no refresh. 20 ms of margin (docs/nvml-driver.md, "GPM").
+GPM_INTERVAL_S = 0.12
 GPM_METRICS = (  # DeviceActivity field, NVML metric id
     ("sm_util", 2),  # NVML_GPM_METRIC_SM_UTIL
     ("sm_occupancy", 3),  # NVML_GPM_METRIC_SM_OCCUPANCY
@@ -554,7 +556,7 @@ def _gpm_supported(handle: Any) -> bool:
 
 
 class _Gpm:
-    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_MIN_INTERVAL_S apart at least:
+    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_INTERVAL_S apart at least:
     the first ones before the process lists are read (start), the second ones once everything else is (measure),
     which sleeps only what is left of the interval (wall time, no CPU). In the long-running mode each
     measurement's second sample is the next one's first, so the activity spans the whole interval between two
@@ -579,7 +581,7 @@ class _Gpm:
         firsts = {target.key: self.firsts.pop(target.key) for target in targets if target.key in self.firsts}
         _drop(self.firsts)  # targets not measured: their GPU failed after its first sample
         if firsts:
-            time.sleep(max(0.0, max(t for t, _ in firsts.values()) + GPM_MIN_INTERVAL_S - time.monotonic()))
+            time.sleep(max(0.0, max(t for t, _ in firsts.values()) + GPM_INTERVAL_S - time.monotonic()))
         out: dict[str, DeviceActivity] = {}
         for target in targets:
             if target.key not in firsts:
@@ -768,7 +770,7 @@ class Session:
         opened = [reader.open_gpu(index) for index in range(count) if devices is None or index in devices]
         gpus = [gpu for gpu in opened if gpu is not None]
         # The first GPM samples before any process list, the second ones after every other read (measure below):
-        # a timer run's 100 ms between the two passes while the GPUs are read, not after.
+        # a timer run's GPM_INTERVAL_S between the two passes while the GPUs are read, not after.
         self._gpm.start([target for gpu in gpus for target in gpu.gpm_targets])
         for gpu in gpus:
             reader.read_gpu(gpu)

@@ -135,6 +135,7 @@ typedef struct nvmlDevice_st {
     unsigned int ngarbage;
     int gpm_supported;              /* physical GPUs: Hopper or newer (nvmlGpmQueryDeviceSupport) */
     int gpm_too_close_nan;          /* samples < 100 ms apart: SUCCESS with NaN values instead of an error */
+    double gpm_refresh_s;           /* samples closer than this are too close (nvml.h: 100 ms) */
     gpm_values_t gpm;               /* this GPU's, or this MIG device's (compute instance's), values */
     gpm_values_t gi_gpm;            /* MIG devices: their GPU instance's values (nvmlGpmMigSampleGet) */
     int has_energy;
@@ -615,6 +616,7 @@ static void load_dynamic(device_t *d, const jval *dj, unsigned long long now, do
     load_delays(json_get(dj, "delays"), &d->delays, &d->ndelays);
     const jval *gpm = json_get(dj, "gpm");
     d->gpm_too_close_nan = !strcmp(json_str(json_get(gpm, "too_close"), "invalid_argument"), "nan");
+    d->gpm_refresh_s = json_num(json_get(gpm, "refresh_s"), GPM_MIN_INTERVAL_S);
     load_gpm_values(&d->gpm, gpm);
     load_energy(d, dj, mtime, live);
     const jval *mig = json_get(dj, "mig");
@@ -1327,6 +1329,16 @@ EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t dev, unsigned int gpu_insta
     return NVML_ERROR_NOT_FOUND;
 }
 
+/* $FAKE_NVML_GPM_LOG: each nvmlGpmMetricsGet over two filled samples appends their distance in seconds, one line. */
+static void gpm_log_interval(double seconds) {
+    const char *path = getenv("FAKE_NVML_GPM_LOG");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fprintf(f, "%.6f\n", seconds);
+    fclose(f);
+}
+
 EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
     ENTER("nvmlGpmMetricsGet", NULL);
     GPM_LOCKED();
@@ -1339,7 +1351,8 @@ EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
     int lost = fault((int)a->dev->index);
     if (lost) return lost;
     const device_t *gpu = a->dev->is_mig ? a->dev->parent : a->dev;
-    int too_close = b->t - a->t < GPM_MIN_INTERVAL_S; /* nvml.h: the interval "should be greater than 100ms" */
+    gpm_log_interval(b->t - a->t);
+    int too_close = b->t - a->t < gpu->gpm_refresh_s; /* nvml.h: the interval "should be greater than 100ms" */
     if (too_close && !gpu->gpm_too_close_nan) return NVML_ERROR_INVALID_ARGUMENT;
     for (unsigned int i = 0; i < mg->numMetrics; i++) {
         nvmlGpmMetric_t *m = &mg->metrics[i];
