@@ -671,16 +671,17 @@ def _minor(handle: Any) -> Optional[int]:
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     """(total, used) bytes. nvmlDeviceGetMemoryInfo_v2 where the driver has it: its `used` leaves out the memory
     the driver and firmware reserve, which v1's `used` includes and which would otherwise show up as memory no
-    process accounts for (docs/nvml-driver.md). v1 on drivers without it."""
+    process accounts for (docs/nvml-driver.md). v1 on drivers without it, and wherever v2 is refused on one handle
+    (what drivers answer v2 on a MIG device handle is not documented): v1's figures rather than none."""
     if "nvmlDeviceGetMemoryInfo_v2" not in _reported_missing:
         try:
             info = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
             return int(info.total), int(info.used)
-        except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_ArgumentVersionMismatch):
+        except pynvml.NVMLError_FunctionNotFound:
             _note_missing("nvmlDeviceGetMemoryInfo_v2")
-        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission) as err:
-            log.debug("memory info unavailable: %s", err)
-            return None, None
+        except (pynvml.NVMLError_ArgumentVersionMismatch, pynvml.NVMLError_NotSupported,
+                pynvml.NVMLError_NoPermission) as err:
+            log.debug("memory info v2 refused, reading v1: %s", err)
     try:
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
     except pynvml.NVMLError_FunctionNotFound:
