@@ -9,8 +9,11 @@ records for GPUs that failed while the others were read.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
+import os
 import re
+import stat
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Optional
@@ -34,6 +37,73 @@ PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
 )
 
 _reported_missing: set[str] = set()
+_root = "/"  # where /proc/driver/nvidia and /dev/nvidia-caps are read (use_host_root)
+
+
+def use_host_root(host_root: str) -> None:
+    """Reads the driver's capability files and device nodes under host_root from now on (--host-root)."""
+    global _root  # noqa: PLW0603  (one setting for the process, as collector.procfs keeps its own)
+    _root = host_root
+
+
+# ---- MIG capability device nodes (docs/nvml-driver.md, "MIG capability nodes") ----
+
+CAPABILITIES = "proc/driver/nvidia/capabilities"
+CAP_NODES = "dev/nvidia-caps"
+_MINOR = re.compile(r"^DeviceFileMinor:\s*(\d{1,9})\s*$", re.MULTILINE)
+
+
+class MissingNode(NamedTuple):
+    access: str  # the capability's access file, as the driver names it: /proc/driver/nvidia/capabilities/...
+    node: str  # the device node NVML opens for it: /dev/nvidia-caps/nvidia-cap<minor>
+
+
+def _read_small(path: str, limit: int = 4096) -> str:
+    """A driver file's text, at most limit bytes; '' when it cannot be read. Opened without blocking: a FIFO put
+    there would otherwise hold the run until a writer came."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    try:
+        return os.read(fd, limit).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def missing_capability_nodes(root: Optional[str] = None) -> tuple[int, list[MissingNode]]:
+    """The MIG GPU and compute instances the driver has (an access file each under
+    /proc/driver/nvidia/capabilities/gpu<N>/mig/, naming the minor number of its node), and those whose node
+    /dev/nvidia-caps/nvidia-cap<minor> is missing. NVML opens that node to reach the instance and, where it is
+    missing, has the setuid nvidia-modprobe create it: under the unit (NoNewPrivileges=, no CAP_MKNOD) that
+    fails, and the instance stays invisible. (instances found, those missing their node)."""
+    base = root if root is not None else _root
+    pattern = os.path.join(base, CAPABILITIES, "gpu*", "mig", "gi*")
+    files = sorted(glob.glob(os.path.join(pattern, "access")) + glob.glob(os.path.join(pattern, "ci*", "access")))
+    missing = []
+    for path in files[:4096]:  # 8 GPUs x 7 GPU instances x 8 compute instances at most, by far
+        found = _MINOR.search(_read_small(path))
+        if not found:
+            continue
+        node = os.path.join(base, CAP_NODES, f"nvidia-cap{int(found.group(1))}")
+        try:
+            present = stat.S_ISCHR(os.stat(node).st_mode)
+        except OSError:
+            present = False
+        if not present:
+            missing.append(MissingNode("/" + os.path.relpath(path, base), "/" + os.path.relpath(node, base)))
+    return len(files), missing
+
+
+def describe_missing_nodes(missing: Sequence[MissingNode]) -> str:
+    """One line: which nodes are missing, what it costs, and the command that creates them."""
+    shown = ", ".join(m.node for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return (f"{len(missing)} MIG capability device node{'s are' if len(missing) > 1 else ' is'} missing ({shown}): "
+            "NVML cannot create them without privileges (the unit runs with NoNewPrivileges= and no CAP_MKNOD), so "
+            "the collector does not see those MIG instances or their processes; create them as root with "
+            f"nvidia-modprobe -f {missing[0].access}" + (" (and each other access file)" if len(missing) > 1 else ""))
 
 
 class _ProcessInfoR535(ctypes.Structure):
@@ -730,6 +800,7 @@ class Session:
         # The library this process mapped no longer matches the loaded driver (upgraded, module reloaded while
         # NVML was shut down): only a new process, which maps the new library, can use NVML again.
         self.needs_restart = False
+        self._missing_nodes: list[MissingNode] = []
 
     def tick(self) -> None:
         """Samples per-process utilisation between writes (long-running mode)."""
@@ -747,6 +818,13 @@ class Session:
         finally:
             if not healthy:
                 self.close()
+
+    def _report_missing_nodes(self) -> None:
+        """A warning per read while MIG capability nodes are missing (once per change in the long-running mode)."""
+        _, missing = missing_capability_nodes()
+        if missing and missing != self._missing_nodes:
+            log.warning(describe_missing_nodes(missing))
+        self._missing_nodes = missing if self._long_running else []
 
     def _init(self) -> None:
         if self._initialised:
@@ -770,6 +848,8 @@ class Session:
                          self.integrator)
         opened = [reader.open_gpu(index) for index in range(count) if devices is None or index in devices]
         gpus = [gpu for gpu in opened if gpu is not None]
+        if any(gpu.mig_units is not None for gpu in gpus):
+            self._report_missing_nodes()
         # The first GPM samples before any process list, the second ones after every other read (measure below):
         # a timer run's GPM_INTERVAL_S between the two passes while the GPUs are read, not after.
         self._gpm.start([target for gpu in gpus for target in gpu.gpm_targets])

@@ -57,6 +57,7 @@ def collect(settings: Settings, previous: State, clock: Callable[[], float] = ti
 def _collect(settings: Settings, previous: State, now: float, started: float, *,
              failed: Callable[..., Outcome], session: Optional[nvml.Session],
              series: Optional[SeriesCache]) -> Outcome:
+    nvml.use_host_root(settings.host_root)
     try:
         if session is None:
             snapshot = nvml.read_snapshot(settings.devices, previous.last_seen_us, int(now * 1_000_000))
