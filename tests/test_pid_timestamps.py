@@ -82,3 +82,17 @@ def test_a_busy_process_read_late_is_not_read_as_idle_in_the_long_running_mode(h
     assert 5 < util["981"] <= 10.0001, util
     assert util["983"] == 0, util
     assert "99999" not in util
+
+
+def test_a_saved_timestamp_past_now_hides_nothing(host: Host) -> None:
+    """The clock stepped back since the last run: a process's saved timestamp lies a day ahead. Its entries are
+    read as a new process's are, and the timestamp saved now is today's."""
+    host.tree.add_process(984)
+    gpu = gpu_uuid(0)
+    tomorrow = int((time.time() + 86_400) * 1e6)
+    host.state_dir.mkdir()
+    (host.state_dir / "state.json").write_text(json.dumps({
+        "version": 2, "last_success": time.time() - 60, "last_seen_us": {gpu: tomorrow, f"{gpu}/984": tomorrow}}))
+    result = host.run(scenario([Gpu(0, compute=[proc(984, GIB)], samples=[{"pid": 984, "age_s": 2, "sm": 45}])]))
+    assert result.value("gpu_process_utilization", pid="984") == 45
+    assert all(ts < tomorrow for ts in saved(host).values())
