@@ -558,7 +558,7 @@ PHASES = (
 GPM_SERIES = {"gpu_device_sm_utilization_percent": "sm_util", "gpu_device_sm_occupancy_percent": "sm_occupancy",
               "gpu_device_tensor_active_percent": "tensor_active",
               "gpu_device_dram_bandwidth_utilization_percent": "dram_bw_util"}
-CORRUPTIONS = ("drop-pid", "util-off", "idle-active", "gpm-off")
+CORRUPTIONS = ("drop-pid", "util-off", "idle-active", "gpm-off", "gpm-partial")
 
 
 class Worker:
@@ -733,7 +733,10 @@ esac
         gib = 1 << 30
         # GPM (an H200 has it): the SMs are as busy as the busiest worker keeps them, one block per SM.
         sm_util = 0.0 if until is not None else max([duty * 100 for duty, _ in busy.values()], default=0.0)
-        gpm = {"sm_util": sm_util, "sm_occupancy": sm_util / 64, "any_tensor_util": 0.0, "dram_bw_util": 0.0}
+        gpm: dict[str, Any] = {"sm_util": sm_util, "sm_occupancy": sm_util / 64, "any_tensor_util": 0.0,
+                               "dram_bw_util": 0.0}
+        if self.corrupt == "gpm-partial":  # one of the four metrics fails: its series is missing
+            gpm["metric_errors"] = {"10": "NVML_ERROR_NOT_SUPPORTED"}
         device: dict[str, Any] = {"uuid": self.GPU_UUID, "name": "NVIDIA H200",
                                   "memory": {"total": 143771 * MIB, "used": 4 * gib}, "mig": {"mode": 0},
                                   "gpm": {"supported": True, **gpm}}

@@ -109,6 +109,7 @@ def test_stand_in_mig_asserts_the_instance_label_and_unknown_status(tmp_path: Pa
         ("util-off", "duty30", {"util[busy30]"}),
         ("idle-active", "full", {"status[idle]"}),
         ("gpm-off", "full", {"gpm[full]"}),
+        ("gpm-partial", "full", {"gpm[full]"}),
     ],
 )
 def test_a_wrong_answer_fails_the_check(tmp_path: Path, corruption: str, phases: str, failing: set[str]) -> None:
