@@ -6,6 +6,8 @@ source "$(dirname "$0")/setup.sh"
 ensure_python
 apt_install prometheus prometheus-node-exporter systemd-container debootstrap openssh-client time
 ensure_venv dev,role
+fetch_pynvml_wheels
+fetch_real_nvml
 build_fake_nvml
 export PATH="$REPO/.venv/bin:$PATH" NO_COLOR=1 ANSIBLE_NOCOLOR=1
 echo "== ruff";         ruff check .
