@@ -64,6 +64,7 @@ METADATA_DIRS: tuple[tuple[str, str], ...] = (
     *((_containerd_source(state), f"{state}/{CONTAINERD_TASKS}") for state in CONTAINERD_STATE_DIRS),
     *(("crio", root) for root in CRIO_ROOTS),
     ("docker", DOCKER_CONTAINERS),
+    ("podman", PODMAN_STORAGE[0]),
     ("pod-logs", POD_LOGS),
 )
 
