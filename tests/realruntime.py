@@ -38,6 +38,8 @@ PODMAN_RUN = ("--runtime", "runc", "run", "-d", *ULIMITS)
 CHILD = "sleep 3600 & wait"  # a shell that forks a child inside the container
 GUEST_PACKAGES = "podman runc uidmap docker.io dbus-user-session"
 GUEST_SH = REPO / "molecule" / "default" / "guest.sh"
+HOST_ARCHIVES = "/var/cache/apt/archives"  # the packages the host downloaded, which the guest installs from
+GUEST_ARCHIVES = "/run/gpc-host-archives"
 
 
 def sh(*argv: str, timeout: float = 120, **kwargs: Any) -> str:
@@ -227,6 +229,21 @@ def join_cgroups(groups: Sequence[Path]) -> Callable[[], None]:
     return join
 
 
+@contextmanager
+def parent_cgroups(name: str) -> Iterator[None]:
+    """Removes the parent cgroup a cgroupfs runtime makes at the root of each hierarchy (podman's libpod_parent,
+    Docker's docker) and leaves behind, where the block made it."""
+    mounts = [m for m in Path("/sys/fs/cgroup").iterdir() if (m / "cgroup.procs").exists()]
+    new = [m / name for m in mounts if not (m / name).exists()]
+    try:
+        yield
+    finally:
+        for group in new:
+            for directory, _, _ in sorted(os.walk(group), key=lambda entry: -len(entry[0])):  # deepest first
+                with suppress(OSError):
+                    os.rmdir(directory)
+
+
 # ---- Docker: Debian's dockerd started by hand ----
 
 
@@ -368,38 +385,70 @@ class Guest:
 
     def boot(self) -> None:
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
-        # The guest's runtimes need to set up their containers' network namespaces (CAP_NET_ADMIN, which nspawn
-        # drops for a guest on the host's network: docker "failed to create default sandbox: operation not
-        # permitted"; crun "ioctl(SIOCSIFFLAGS): Operation not permitted") and their session keyrings (keyctl, in
-        # nspawn's default system call filter; runc "unable to join session keyring").
+        # CAP_NET_ADMIN, which nspawn drops for a guest on the host's network, for the runtimes to bring up their
+        # containers' loopback (docker "failed to create default sandbox: operation not permitted"; crun
+        # "ioctl(SIOCSIFFLAGS): Operation not permitted"). The host's downloaded packages, to install from.
         self.settings.parent.mkdir(parents=True, exist_ok=True)
-        self.settings.write_text("[Exec]\nCapability=CAP_NET_ADMIN\n")
+        self.settings.write_text(f"[Exec]\nCapability=CAP_NET_ADMIN\n[Files]\nBindReadOnly={HOST_ARCHIVES}:"
+                                 f"{GUEST_ARCHIVES}\n" if os.path.isdir(HOST_ARCHIVES) else
+                                 "[Exec]\nCapability=CAP_NET_ADMIN\n")
         # The unified hierarchy: on a v1 host nspawn mounts the guest's v1 controller hierarchies read-only
-        # ("mkdir /sys/fs/cgroup/cpuset/machine.slice: read-only file system").
+        # ("mkdir /sys/fs/cgroup/cpuset/machine.slice: read-only file system"). No system call filter: nspawn's
+        # denies the session keyrings runc and crun make (runc "unable to join session keyring").
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1", "SYSTEMD_SECCOMP": "0",
                "GPC_GUEST_RUNDIR": _RUNDIR}
         sh("bash", str(GUEST_SH), "create", self.name, str(self.port), f"{self.key}.pub", "bookworm", env=env,
            timeout=600)
-        # overlayfs over the guest's overlay root is refused ("'overlay' is not supported over overlayfs"): vfs
         # No service starts at install: Debian's docker.service would make its bridge and iptables rules in the
         # host's network namespace, which the guest shares; the test starts dockerd by hand without them.
-        self("printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d\n"
-             "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-             f"{GUEST_PACKAGES} >/tmp/apt.log 2>&1 || {{ apt-get update -qq && "
-             f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {GUEST_PACKAGES}; }}\n"
-             "printf '[storage]\\ndriver = \"vfs\"\\nrunroot = \"/run/containers/storage\"\\n"
-             "graphroot = \"/var/lib/containers/storage\"\\n' >/etc/containers/storage.conf\n", timeout=600)
+        # Storage: vfs, as overlayfs over the guest's overlay root is refused ("'overlay' is not supported over
+        # overlayfs").
+        install = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+                   f"-o Dpkg::Options::=--force-unsafe-io {GUEST_PACKAGES}")  # a throwaway root: no fsync
+        self(f"""printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+seed() {{
+    [ -d {GUEST_ARCHIVES} ] || return 0
+    apt-get install -qq --print-uris --no-install-recommends {GUEST_PACKAGES} | while read -r _ file _; do
+        [ ! -f "{GUEST_ARCHIVES}/$file" ] || cp "{GUEST_ARCHIVES}/$file" /var/cache/apt/archives/
+    done
+}}
+{{ seed && {install}; }} >/tmp/apt.log 2>&1 || {{ apt-get update -qq && seed && {install}; }}
+printf '[storage]\\ndriver = "vfs"\\nrunroot = "/run/containers/storage"\\n' >/etc/containers/storage.conf
+printf 'graphroot = "/var/lib/containers/storage"\\n' >>/etc/containers/storage.conf
+""", timeout=600)
 
     def copy_in(self, source: Path, target: str) -> None:
         shutil.copyfile(source, f"{self.root}{target}")
 
     def destroy(self) -> None:
+        """Kills the guest's PID 1 (and so everything in its PID namespace) before guest.sh stops nspawn: an
+        orderly poweroff waits out the containers' stop timeouts, past guest.sh's patience, and a guest whose
+        nspawn was killed keeps running, reparented to the host's init."""
+        with suppress(OSError, ValueError, AssertionError, IndexError):
+            leader = int(self.root.split("/")[2])
+            os.kill(leader, signal.SIGKILL)
+            for _ in range(100):
+                if not Path(f"/proc/{leader}").exists():
+                    break
+                time.sleep(0.1)
         subprocess.run(["bash", str(GUEST_SH), "destroy", self.name], capture_output=True, timeout=120,
                        env={**os.environ, "GPC_GUEST_RUNDIR": _RUNDIR}, check=False)
         self.settings.unlink(missing_ok=True)
 
 
 _RUNDIR = "/var/tmp/gpu-proc-collector-realruntimes"
+
+
+def guest_cgroups(name: str) -> list[Path]:
+    """The cgroups guest.sh made for the guest (under this process's own, as it makes them) that still exist."""
+    found = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        mount = {"name=systemd": "/sys/fs/cgroup/systemd", "": "/sys/fs/cgroup/unified"}.get(controllers)
+        group = Path(f"{mount}{path.rstrip('/')}/gpc-guest-{name}")
+        if mount and group.exists():
+            found.append(group)
+    return found
 
 
 def _guest_dir(name: str) -> str:

@@ -29,8 +29,10 @@ from tests.realruntime import (
     booted_guest,
     docker_daemon,
     first_child,
+    guest_cgroups,
     image_tar,
     login_session_cgroup,
+    parent_cgroups,
     rootless_podman,
     unprivileged_user,
 )
@@ -54,6 +56,11 @@ def require_runtimes() -> None:
 
 def test_rootful_podman_with_the_cgroupfs_manager(tmp_path: Path) -> None:
     require_runtimes()
+    with parent_cgroups("libpod_parent"):
+        rootful_podman_with_the_cgroupfs_manager(tmp_path)
+
+
+def rootful_podman_with_the_cgroupfs_manager(tmp_path: Path) -> None:
     podman = Podman()
     podman("import", str(image_tar(tmp_path)), IMAGE)
     names = (f"{TAG}-vllm", f"{TAG}-forks")
@@ -86,7 +93,7 @@ def test_rootful_podman_with_the_cgroupfs_manager(tmp_path: Path) -> None:
 
 def test_docker_with_the_cgroupfs_driver(tmp_path: Path) -> None:
     require_runtimes()
-    with docker_daemon("cgroupfs") as docker:
+    with parent_cgroups("docker"), docker_daemon("cgroupfs") as docker:
         docker("import", str(image_tar(tmp_path)), "gpc-busybox:test")
         names = (f"{TAG}-trainer", f"{TAG}-forks")
         docker("run", "-d", "--network", "none", *ULIMITS, "--name", names[0], "gpc-busybox:test", "sleep", "3600")
@@ -226,6 +233,7 @@ def test_systemd_cgroup_managers_in_a_booted_guest(tmp_path: Path) -> None:
         found = collector.collect([*pids.values()])
         assert vllm["Name"] not in {labels["owner"] for labels in found.values()}
         assert owner(found[pids["notebook"]]) == ("podman", notebook["Name"])
+    assert guest_cgroups(TAG) == []  # the guest and everything it ran are gone
 
 
 def first_child_in(guest: Guest, pid: int) -> int:
