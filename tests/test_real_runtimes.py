@@ -4,7 +4,8 @@ reports is compared with what `podman inspect` / `docker inspect` answer, never 
 
 On the host (cgroup v1, no systemd): rootful podman with the cgroupfs manager, rootless podman of a real user,
 Docker with the cgroupfs driver. In a booted systemd guest on the unified hierarchy: podman's systemd manager,
-`--cgroups=split` under a unit, rootless podman under the user's manager, Docker's systemd driver. What each wrote:
+`--cgroups=split` under a unit, rootless podman under the user's manager, Docker's systemd driver (its data root
+moved in /etc/docker/daemon.json). What each wrote:
 docs/runtimes-and-cgroups.md, "What real podman and Docker wrote".
 """
 
@@ -170,7 +171,8 @@ install -o gpcuser -m 0644 /tmp/rootfs.tar /home/gpcuser/rootfs.tar
 cd /home/gpcuser
 {ROOTLESS} podman import /home/gpcuser/rootfs.tar {IMAGE} >/dev/null
 {ROOTLESS} podman {GUEST_RUN} --name notebook {IMAGE} sleep 3600 >/dev/null
-mkdir -p /run/gpc-docker
+mkdir -p /run/gpc-docker /etc/docker
+echo '{{"data-root": "/srv/docker"}}' >/etc/docker/daemon.json
 setsid dockerd --exec-root /run/gpc-docker/exec --pidfile /run/gpc-docker/docker.pid \\
     -H unix:///run/gpc-docker/docker.sock --storage-driver vfs --bridge none --iptables=false --ip6tables=false \\
     --ip-masq=false --exec-opt native.cgroupdriver=systemd </dev/null >/run/gpc-docker/log 2>&1 &
@@ -224,9 +226,10 @@ def test_systemd_cgroup_managers_in_a_booted_guest(tmp_path: Path) -> None:
             assert owner(found[container["State"]["Pid"]]) == ("podman", container["Name"])
         assert owner(found[trainer["State"]["Pid"]]) == ("docker", trainer["Name"].lstrip("/"))
         assert owner(found[child]) == ("podman", vllm["Name"])
+        assert Path(f"{guest.root}/srv/docker/containers/{trainer['Id']}/config.v2.json").is_file()
         check = collector.check()
-        for directory in ("/var/lib/containers/storage", "/var/lib/docker/containers"):
-            assert any(line.startswith("ok: ") and f"{directory} readable" in line for line in check), check
+        assert any(line.startswith("ok: podman directory ") and "/var/lib/containers/storage readable" in line
+                   for line in check), check
 
         guest("podman rm -f -t 0 vllm >/dev/null")
         del pids["vllm"]
