@@ -4,7 +4,8 @@ No API server, no runtime socket: the files every runtime already keeps under th
 - containerd: task bundles' OCI `config.json` annotations (io.kubernetes.cri.*), in every state dir that exists:
   `run/containerd` (kubeadm, most distributions), `run/k3s/containerd` (k3s, RKE2) and microk8s' snap path.
 - CRI-O: `config.json` in its run and graph roots; kubelet's labels are copied there as annotations.
-- docker (cri-dockerd, or plain docker): `var/lib/docker/containers/<id>/config.v2.json`, `Config.Labels`.
+- docker (cri-dockerd, or plain docker): `var/lib/docker/containers/<id>/config.v2.json`, `Config.Labels` (the
+  data root `etc/docker/daemon.json` sets, where it sets one).
 - kubelet's `var/log/pods/<namespace>_<pod>_<uid>/<container>/`: names a pod from its UID when no runtime file has
   the container (any runtime; the directory names are DNS-1123 names, which have no `_`).
 - podman: the container's name is in containers/storage's `<driver>-containers/containers.json` (podman keeps it
@@ -36,6 +37,7 @@ CONTAINERD_STATE_DIRS = (
 CONTAINERD_TASKS = "io.containerd.runtime.v2.task/k8s.io"
 CRIO_ROOTS = ("run/containers/storage/overlay-containers", "var/lib/containers/storage/overlay-containers")
 DOCKER_CONTAINERS = "var/lib/docker/containers"
+DOCKER_DAEMON_JSON = "etc/docker/daemon.json"  # its "data-root" moves var/lib/docker
 POD_LOGS = "var/log/pods"
 MAX_METADATA_BYTES = 4 << 20  # an OCI config.json is a few KiB; anything this large is not one
 # containers/storage's graph root (containers.json) and run root (volatile-containers.json of a transient store)
@@ -64,6 +66,7 @@ METADATA_DIRS: tuple[tuple[str, str], ...] = (
     *((_containerd_source(state), f"{state}/{CONTAINERD_TASKS}") for state in CONTAINERD_STATE_DIRS),
     *(("crio", root) for root in CRIO_ROOTS),
     ("docker", DOCKER_CONTAINERS),
+    ("podman", PODMAN_STORAGE[0]),
     ("pod-logs", POD_LOGS),
 )
 
@@ -138,6 +141,7 @@ class RuntimeMetadata:
         self._cache: dict[str, Optional[ContainerMeta]] = {}
         self._pod_logs: Optional[dict[str, tuple[str, str, list[str]]]] = None
         self._docker_names: dict[str, str] = {}
+        self._docker_containers: Optional[str] = None
         self._podman_names: dict[str, dict[str, str]] = {}  # user uid ("" rootful) -> container id -> name
 
     def _path(self, *parts: str) -> str:
@@ -194,7 +198,7 @@ class RuntimeMetadata:
                 yield "crio", self._path(root, container_id, "userdata", "config.json"), KUBELET_KEYS
 
         def docker() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
-            yield "docker", self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"), KUBELET_KEYS
+            yield "docker", os.path.join(self.docker_containers(), container_id, "config.v2.json"), KUBELET_KEYS
 
         order = {"crio": (crio, containerd, docker), "docker": (docker, containerd, crio)}
         for source in order.get(runtime, (containerd, crio, docker)):
@@ -233,13 +237,29 @@ class RuntimeMetadata:
         """A plain docker container's name (`Name` without its leading slash), or its short id."""
         if container_id not in self._docker_names:
             try:
-                document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"))
+                document = _read_json(os.path.join(self.docker_containers(), container_id, "config.v2.json"))
             except _Corrupt:
                 document = None
             name = document.get("Name") if document else None
             found = name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
             self._docker_names[container_id] = found
         return self._docker_names[container_id]
+
+    def docker_containers(self) -> str:
+        """Docker's containers directory: `<data-root>/containers`, with the data root dockerd's configuration file
+        sets (docs/runtimes-and-cgroups.md section 9), else var/lib/docker; always under the host root."""
+        if self._docker_containers is None:
+            try:
+                config = _read_json(self._path(DOCKER_DAEMON_JSON))
+            except _Corrupt as err:
+                log.warning("docker: %s %s", self._path(DOCKER_DAEMON_JSON), err)
+                config = None
+            root = config.get("data-root") if config else None
+            if isinstance(root, str) and root.startswith("/") and os.path.normpath(root) != "/":
+                self._docker_containers = self._path(os.path.normpath(root).lstrip("/"), "containers")
+            else:
+                self._docker_containers = self._path(DOCKER_CONTAINERS)
+        return self._docker_containers
 
     def podman_name(self, container_id: str, user_uid: str = "") -> str:
         """A podman container's name, or its short id. user_uid: the uid whose user manager holds the container's

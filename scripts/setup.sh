@@ -17,6 +17,23 @@ apt_install() {  # apt_install PACKAGE... : installs those not yet installed
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+apt_install_services() {  # apt_install_services PACKAGE... : apt_install, without starting the packages' services
+    # Where PID 1 is not systemd, invoke-rc.d runs a package's init script at install: docker.io's would start a
+    # dockerd on /var/lib/docker with its bridge and iptables rules. The tests start their own daemons.
+    local policy=/usr/sbin/policy-rc.d sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [ -e "$policy" ]; then
+        apt_install "$@"
+        return
+    fi
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    local status=0
+    apt_install "$@" || status=$?
+    $sudo rm -f "$policy"
+    return "$status"
+}
+
 ensure_python() {
     command -v cc >/dev/null && command -v make >/dev/null || apt_install gcc make libc6-dev
     if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then

@@ -5,6 +5,8 @@
 source "$(dirname "$0")/setup.sh"
 ensure_python
 apt_install prometheus prometheus-node-exporter systemd-container debootstrap openssh-client time
+# real container runtimes for tests/test_real_runtimes.py, and busybox for their images
+apt_install_services podman crun runc uidmap slirp4netns fuse-overlayfs docker.io busybox-static
 ensure_venv dev,role
 fetch_pynvml_wheels
 fetch_real_nvml
