@@ -7,6 +7,8 @@ state) are plain classes with __slots__ on `Mutable`.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
@@ -239,3 +241,35 @@ class AttributionFacts(NamedTuple):
 def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
     """Names a process on a device across runs: the PID with its start time, so a reused PID is a new process."""
     return f"{gpu_uuid}/{pid}/{start_time:.2f}"
+
+
+MAX_LABEL_CHARS = 1024  # the longest name kept: a label value, and an owner's key in the state (docs/exposition.md)
+NAME_SUFFIX_HEX = 16  # the suffix of an altered name: 64 bits of SHA-256, past any search for a second name
+_SUFFIX_CHARS = 1 + NAME_SUFFIX_HEX
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SUFFIX = re.compile(f"~[0-9a-f]{{{NAME_SUFFIX_HEX}}}$")
+
+
+def safe_name(value: str) -> str:
+    """Any name from a source the collector does not control (a runtime file, kubelet, a cgroup) as the collector
+    keeps and exports it: encodable as UTF-8 and at most MAX_LABEL_CHARS long, and never the same as what another
+    name becomes (docs/exposition.md, "Names").
+
+    A name is kept as it is unless it holds lone surrogates (undecodable bytes, JSON escapes in a hostile file),
+    is longer than the limit, or already ends the way an altered name ends (`~` and 16 hex digits). Such a name
+    has its surrogates replaced by U+FFFD, is cut to leave room, and gets `~` and the first 16 hex digits of the
+    SHA-256 of the original: names that differ only past the limit, or only in their surrogates, stay apart, and
+    no unaltered name can take an altered one's place."""
+    if len(value) <= MAX_LABEL_CHARS - _SUFFIX_CHARS and value.isascii() and "~" not in value[-_SUFFIX_CHARS:]:
+        return value  # the fast path: nearly every name
+    surrogates = has_surrogates(value)
+    if not surrogates and len(value) <= MAX_LABEL_CHARS and _SUFFIX.search(value) is None:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_SUFFIX_HEX]
+    clean = _SURROGATE.sub("\ufffd", value) if surrogates else value
+    return f"{clean[:MAX_LABEL_CHARS - _SUFFIX_CHARS]}~{digest}"
+
+
+def has_surrogates(value: str) -> bool:
+    """Whether the text holds lone surrogates, which UTF-8 cannot encode."""
+    return not value.isascii() and _SURROGATE.search(value) is not None
