@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from collector import accounting
 from collector.model import MAX_LABEL_CHARS, safe_name
 from collector.redact import REDACTED, redact_args
 from tests.conftest import Host, Result
@@ -109,6 +110,31 @@ def test_rootless_podman_names_that_differ_only_past_the_limit_or_only_in_surrog
     accounted = {lab["owner"] for lab, _ in result.series("gpu_owner_gpu_seconds_total")
                  if lab["owner_kind"] == "podman"}
     assert accounted == shown
+
+
+def test_a_name_made_to_look_like_another_owners_cut_name_stays_apart() -> None:
+    """A tenant who reads another owner's cut name (`n...n~<16 hex>`) and names its own container exactly that
+    gets a name of its own: a name ending like an altered one is altered too, with its own suffix."""
+    victim = "n" * 2000
+    forged = safe_name(victim)
+    assert len(forged) == MAX_LABEL_CHARS
+    assert safe_name(forged) != forged
+    assert len({safe_name(victim), safe_name(forged)}) == 2
+    assert safe_name("job~0123") == "job~0123"  # an ordinary name with a tilde is kept as it is
+
+
+def test_owner_names_an_older_state_stored_whole_are_loaded_as_safe_names() -> None:
+    """An older collector kept owner names whole in the state (a 60 MB name: 60 MB more in every save). Loaded,
+    such a row's names become what owner_key makes of them now, so its counters carry on under the same key; a
+    row already safe is kept as it is."""
+    long_name, cut = "p" * 5000, safe_name("p" * 5000)
+    usage = [1.0, 2.0, 3.0, 4.0, 5.0]
+    ledger = accounting.from_json({"owners": [["podman", long_name, "", "", *usage],
+                                              ["podman", "vllm", "", "", *usage],
+                                              ["podman", "x\ud800", "", "", *usage]]})
+    assert set(ledger.owners) == {("podman", cut, "", ""), ("podman", "vllm", "", ""),
+                                  ("podman", safe_name("x\ud800"), "", "")}
+    assert ("podman", cut, "", "") in accounting.from_json(accounting.to_json(ledger)).owners
 
 
 # ---- SIGTERM while NVML hangs between collections ----
