@@ -30,7 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from collector.model import MAX_LABEL_CHARS, DeviceActivity, Mutable, ProcessRecord, has_surrogates, safe_name
+from collector.model import DeviceActivity, Mutable, ProcessRecord, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +267,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
-def _stored_name(name: str) -> str:
-    """A name as the state holds it: a safe name already (owner_key made it), kept as it is; one that is not (an
-    older collector stored names whole) made one, as owner_key would make it now."""
-    if len(name) <= MAX_LABEL_CHARS and not has_surrogates(name):
-        return name
-    return safe_name(name)
-
-
 def from_json(raw: Any) -> Ledger:
     """The ledger a state file holds; anything malformed in it is left out (a counter restarting from 0 is a
     counter reset, never a wrong increase)."""
@@ -285,7 +277,8 @@ def from_json(raw: Any) -> Ledger:
     for row in rows if isinstance(rows, list) else ():
         if (isinstance(row, list) and len(row) == 4 + len(_USAGE_FIELDS) and all(isinstance(x, str) for x in row[:4])
                 and all(_number(x) for x in row[4:])):
-            owners[(row[0], _stored_name(row[1]), _stored_name(row[2]), _stored_name(row[3]))] = OwnerUsage(
+            # safe names already, unless an older collector wrote the file (it kept names whole)
+            owners[(row[0], safe_name(row[1]), safe_name(row[2]), safe_name(row[3]))] = OwnerUsage(
                 *(float(x) for x in row[4:]))
     processes = raw.get("processes")
     energy = raw.get("energy_mj")

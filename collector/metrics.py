@@ -78,8 +78,8 @@ def memory_percent(used: Optional[int], total: Optional[int]) -> Optional[float]
 def label_value(value: str) -> str:
     """A name from a runtime file, kubelet or a cgroup as a label value: model.safe_name (surrogates replaced, cut
     to MAX_LABEL_CHARS with a suffix that keeps two names apart). Escaping is the exposition's job. Names from
-    /proc are cleaned where they are read (procfs.printable, which maps undecodable bytes one for one). Apply it
-    once, to the name as read: the accounting keys are already safe names (accounting.owner_key)."""
+    /proc are cleaned where they are read (procfs.printable, which maps undecodable bytes one for one). A safe
+    name is its own: the accounting keys (accounting.owner_key) need not pass here again."""
     return safe_name(value)
 
 

@@ -245,29 +245,24 @@ def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
 
 MAX_LABEL_CHARS = 1024  # the longest name kept: a label value, and an owner's key in the state (docs/exposition.md)
 NAME_SUFFIX_HEX = 16  # the suffix of an altered name: 64 bits of SHA-256, past any search for a second name
-_SUFFIX_CHARS = 1 + NAME_SUFFIX_HEX
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SUFFIX = re.compile(f"~[0-9a-f]{{{NAME_SUFFIX_HEX}}}$")
 
 
 def safe_name(value: str) -> str:
     """Any name from a source the collector does not control (a runtime file, kubelet, a cgroup) as the collector
-    keeps and exports it: encodable as UTF-8 and at most MAX_LABEL_CHARS long, and never the same as what another
-    name becomes (docs/exposition.md, "Names").
+    keeps and exports it: encodable as UTF-8, at most MAX_LABEL_CHARS long, and apart from every other name
+    (docs/exposition.md, "Names").
 
-    A name is kept as it is unless it holds lone surrogates (undecodable bytes, JSON escapes in a hostile file),
-    is longer than the limit, or already ends the way an altered name ends (`~` and 16 hex digits). Such a name
-    has its surrogates replaced by U+FFFD, is cut to leave room, and gets `~` and the first 16 hex digits of the
-    SHA-256 of the original: names that differ only past the limit, or only in their surrogates, stay apart, and
-    no unaltered name can take an altered one's place."""
-    if len(value) <= MAX_LABEL_CHARS - _SUFFIX_CHARS and value.isascii() and "~" not in value[-_SUFFIX_CHARS:]:
-        return value  # the fast path: nearly every name
-    surrogates = has_surrogates(value)
-    if not surrogates and len(value) <= MAX_LABEL_CHARS and _SUFFIX.search(value) is None:
+    A name that fits and holds no lone surrogate is kept as it is. Any other has its surrogates (undecodable
+    bytes, JSON escapes in a hostile file) replaced by U+FFFD, is cut to leave room, and gets `~` and the first 16
+    hex digits of the SHA-256 of the whole original: names that differ only past the limit, or only in their
+    surrogates, stay two. What it returns fits and holds no surrogate, so it is its own safe name: a stage may
+    apply it to a name an earlier stage made safe already, and nothing changes."""
+    if len(value) <= MAX_LABEL_CHARS and not has_surrogates(value):
         return value
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_SUFFIX_HEX]
-    clean = _SURROGATE.sub("\ufffd", value) if surrogates else value
-    return f"{clean[:MAX_LABEL_CHARS - _SUFFIX_CHARS]}~{digest}"
+    clean = _SURROGATE.sub("\ufffd", value) if has_surrogates(value) else value
+    return f"{clean[:MAX_LABEL_CHARS - 1 - NAME_SUFFIX_HEX]}~{digest}"
 
 
 def has_surrogates(value: str) -> bool:

@@ -12,6 +12,8 @@ import socket
 import time
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from collector import accounting
 from collector.model import MAX_LABEL_CHARS, safe_name
@@ -112,15 +114,25 @@ def test_rootless_podman_names_that_differ_only_past_the_limit_or_only_in_surrog
     assert accounted == shown
 
 
-def test_a_name_made_to_look_like_another_owners_cut_name_stays_apart() -> None:
-    """A tenant who reads another owner's cut name (`n...n~<16 hex>`) and names its own container exactly that
-    gets a name of its own: a name ending like an altered one is altered too, with its own suffix."""
-    victim = "n" * 2000
-    forged = safe_name(victim)
-    assert len(forged) == MAX_LABEL_CHARS
-    assert safe_name(forged) != forged
-    assert len({safe_name(victim), safe_name(forged)}) == 2
-    assert safe_name("job~0123") == "job~0123"  # an ordinary name with a tilde is kept as it is
+@given(st.text(alphabet=st.sampled_from(["a", "~", "0", "f", "\ud800", "\udfff", "\u00e9", "\U0001f600"]),
+               max_size=MAX_LABEL_CHARS + 40))
+@example("n" * 2000)
+@example("x" * MAX_LABEL_CHARS + "\ud800")
+def test_a_safe_name_fits_encodes_and_is_its_own_safe_name(name: str) -> None:
+    """Whatever the name: at most the limit, encodable as UTF-8, unchanged when it was fine, and unchanged when
+    made safe again (so a stage may apply it to a name an earlier stage made safe)."""
+    safe = safe_name(name)
+    assert len(safe) <= MAX_LABEL_CHARS
+    safe.encode("utf-8")
+    assert safe_name(safe) == safe
+    if len(name) <= MAX_LABEL_CHARS and not any("\ud800" <= c <= "\udfff" for c in name):
+        assert safe == name
+
+
+def test_names_that_differ_only_past_the_limit_or_in_surrogates_get_two_safe_names() -> None:
+    assert safe_name("n" * 1100 + "a") != safe_name("n" * 1100 + "b")
+    assert safe_name("job\ud800") != safe_name("job\udfff")
+    assert safe_name("job\ud800").startswith("job\ufffd~")
 
 
 def test_owner_names_an_older_state_stored_whole_are_loaded_as_safe_names() -> None:
