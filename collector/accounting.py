@@ -45,6 +45,9 @@ MAX_GAP_S = 366 * 86400.0
 OwnerKey = tuple[str, str, str, str]  # owner_kind, owner, namespace, pod
 UNATTRIBUTED_KEY: OwnerKey = (UNATTRIBUTED, "", "", "")
 OVERFLOW_KEY: OwnerKey = (OVERFLOW, OVERFLOW, "", "")
+# What the owners' names may take, on average per owner of the budget: four times a long Kubernetes owner's
+# (docs/accounting.md, "Owner budget"), so a flood of names at the label limit cannot fill the memory.
+NAME_CHARS_PER_OWNER = 256
 _POOLED = (UNATTRIBUTED_KEY, OVERFLOW_KEY)  # owners outside the budget: never folded, never dropped as stale
 
 
@@ -114,14 +117,16 @@ def account(previous: Ledger, records: Sequence[ProcessRecord], process_keys: Se
 
 
 def _fold(ledger: Ledger, before: Mapping[OwnerKey, OwnerUsage], budget: int, now: float) -> None:
-    """Keeps at most `budget` named owners (docs/accounting.md, "Owner budget"). The owners the previous run kept
-    stay, so series do not come and go; new owners take the places left, by this run's GPU seconds, then SM
-    seconds, then memory, then key (the same ledger always keeps the same owners). New owners past them are
+    """Keeps at most `budget` named owners, whose names take at most NAME_CHARS_PER_OWNER characters per place
+    of the budget (docs/accounting.md, "Owner budget"). The owners the previous run kept stay, so series do not
+    come and go; new owners take the places left, by this run's GPU seconds, then SM seconds, then memory, then
+    key (the same ledger always keeps the same owners), each while its names fit. New owners past them are
     folded into OVERFLOW_KEY: their counters hold only this run's increase, so the overflow owner's increase is
     theirs and the owners' counters still add up to what was accounted. Kept owners past the budget (a state
     file written under a larger one) are dropped as stale ones are: their past increase was exported already."""
     named = [k for k in ledger.owners if k not in _POOLED]
-    if len(named) <= budget:
+    chars = budget * NAME_CHARS_PER_OWNER
+    if len(named) <= budget and sum(map(_name_chars, named)) <= chars:
         return
     kept = [k for k in named if k in before]
     if len(kept) > budget:
@@ -132,7 +137,15 @@ def _fold(ledger: Ledger, before: Mapping[OwnerKey, OwnerUsage], budget: int, no
             del ledger.owners[k]
         kept = kept[:budget]
     new = sorted((k for k in named if k not in before), key=lambda k: _by_usage(k, ledger.owners[k]))
-    fold = new[budget - len(kept):]
+    room, chars = budget - len(kept), chars - sum(map(_name_chars, kept))
+    fold = []
+    for k in new:
+        if room > 0 and _name_chars(k) <= chars:
+            room, chars = room - 1, chars - _name_chars(k)
+        else:
+            fold.append(k)
+    if not fold:
+        return
     overflow = ledger.owners.get(OVERFLOW_KEY)
     if overflow is None:
         overflow = ledger.owners[OVERFLOW_KEY] = OwnerUsage()
@@ -146,6 +159,10 @@ def _fold(ledger: Ledger, before: Mapping[OwnerKey, OwnerUsage], budget: int, no
     ledger.folded = len(fold)
     log.info("%d owners over the owner budget (%d) this run: counted as owner_kind=\"%s\"", len(fold), budget,
              OVERFLOW)
+
+
+def _name_chars(key: OwnerKey) -> int:
+    return len(key[1]) + len(key[2]) + len(key[3])
 
 
 def _by_usage(key: OwnerKey, usage: OwnerUsage) -> tuple[float, float, float, OwnerKey]:

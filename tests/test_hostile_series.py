@@ -16,7 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from collector import accounting
-from collector.model import MAX_LABEL_CHARS, safe_name
+from collector.model import MAX_LABEL_CHARS, Device, GpuProcess, HostProcess, Owner, ProcessRecord, safe_name
 from collector.redact import REDACTED, redact_args
 from tests.conftest import Host, Result
 from tests.podsim import PodHost
@@ -82,6 +82,33 @@ def test_a_flood_of_new_pod_owners_every_run_stays_within_the_owner_budget_and_t
     first_kept = {lab["pod"] for lab, _ in results[2].series("gpu_owner_gpu_seconds_total") if lab["pod"]}
     last_kept = {lab["pod"] for lab, _ in results[-1].series("gpu_owner_gpu_seconds_total") if lab["pod"]}
     assert first_kept == last_kept
+
+
+def test_a_flood_of_owners_with_names_at_the_limit_stays_within_the_name_budget() -> None:
+    """Reproduction: a thousand owners with names of 1,024 characters each are 12.6 MB of file and 3 MB of state,
+    rendered at a peak near the unit's MemoryMax=64M. The budget also bounds what the kept owners' names take:
+    NAME_CHARS_PER_OWNER per place: of owners whose names take 2,050 characters, one fits a budget of 12 places
+    (3,072 characters), the rest go to the overflow owner, and short names still take the places left."""
+    now = 1_000_000.0
+    budget = 12
+    long_owners = [_owner_record(9000 + i, "n" * 2000 + str(i)) for i in range(20)]
+    ledger = accounting.account(accounting.Ledger(), long_owners, [r.key for r in long_owners], {}, {},
+                                last_success=None, now=now, nominal_interval=60, max_owners=budget)
+    named = [k for k in ledger.owners if k[0] == "pod"]
+    assert sum(len(k[1]) + len(k[2]) + len(k[3]) for k in named) <= budget * accounting.NAME_CHARS_PER_OWNER
+    assert len(named) == 1
+    assert ledger.folded == 20 - len(named)
+    short = [_owner_record(9100 + i, f"job-{i}") for i in range(20)]
+    ledger = accounting.account(ledger, short, [r.key for r in short], {}, {}, last_success=now, now=now + 60,
+                                nominal_interval=60, max_owners=budget)
+    assert len([k for k in ledger.owners if k[0] == "pod"]) == budget
+
+
+def _owner_record(pid: int, pod: str) -> ProcessRecord:
+    device = Device(label="0", index=0, uuid="GPU-0", name="H100", memory_total=80 * GIB, memory_used=GIB)
+    gpu = GpuProcess(pid=pid, device=device, used_memory=GIB, sm_utilization=50.0, active=True)
+    host = HostProcess(pid=pid, name="python3", start_time=0.0, cgroup="")
+    return ProcessRecord(gpu=gpu, host=host, owner=Owner(kind="pod", name=f"ml/{pod}", pod=pod, namespace="ml"))
 
 
 # ---- two owners, one label set ----
