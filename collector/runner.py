@@ -147,8 +147,8 @@ def run_once(settings: Settings) -> int:
     if not lock.acquire():
         log.error("another gpu-proc-collector run holds %s; this one exits without collecting", lock.path)
         return EXIT_LOCKED
-    remove_leftovers(settings)
     try:
+        remove_leftovers(settings)
         code, _ = one_collection(settings, state.load(settings.state_dir))
         return code
     finally:
