@@ -7,7 +7,6 @@ state) are plain classes with __slots__ on `Mutable`.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -260,6 +259,8 @@ def safe_name(value: str) -> str:
     apply it to a name an earlier stage made safe already, and nothing changes."""
     if len(value) <= MAX_LABEL_CHARS and not has_surrogates(value):
         return value
+    import hashlib  # noqa: PLC0415 - only for a name to alter: its OpenSSL library costs every run 3 MiB and ms
+
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_SUFFIX_HEX]
     clean = _SURROGATE.sub("\ufffd", value) if has_surrogates(value) else value
     return f"{clean[:MAX_LABEL_CHARS - 1 - NAME_SUFFIX_HEX]}~{digest}"
