@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-process-series", metavar="N", type=int,
                         help=f"per-process series per node (default {d.max_process_series}); beyond it the largest "
                         "memory holders keep theirs and the rest are summed per device and owner")
+    parser.add_argument("--max-owner-series", metavar="N", type=int,
+                        help=f"owners with accounting series of their own (default {d.max_owner_series}); owners "
+                        "beyond it are counted together as owner_kind=\"overflow\"")
     parser.add_argument("--deadline", metavar="SECONDS", type=float,
                         help=f"a run that takes longer writes gpu_proc_collector_up 0 and exits 4 "
                         f"(default {d.deadline:g})")

@@ -94,7 +94,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
     ledger = accounting.account(
         previous.ledger, records, keys, snapshot.activity, snapshot.energy_mj,
         last_success=previous.last_success, now=now,
-        nominal_interval=settings.interval or settings.nominal_interval)
+        nominal_interval=settings.interval or settings.nominal_interval, max_owners=settings.max_owner_series)
     totals = ledger.processes
     records = [ProcessRecord(gpu=r.gpu, host=r.host, owner=r.owner, idle_seconds=r.idle_seconds,
                              unallocated=r.unallocated, sm_seconds_total=totals[key])  # faster than _replace

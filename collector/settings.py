@@ -34,6 +34,9 @@ class Settings(NamedTuple):
     command_args: bool = False  # export redacted command lines (gpu_process_command_info)
     # Per-process series per node (8 GPUs x 7 MIG instances with dozens of processes each); beyond it, aggregated.
     max_process_series: int = 2000
+    # Owners with accounting series of their own (gpu_owner_*_total); the rest share owner_kind="overflow"
+    # (docs/accounting.md, "Owner budget").
+    max_owner_series: int = 1000
     deadline: float = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
     interval: Optional[float] = None  # None: one collection, then exit; else the long-running mode's write period
     sample_interval: float = 5.0  # long-running mode: seconds between per-process utilisation samples
@@ -64,6 +67,7 @@ CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
     "label_prefix": str,
     "command_args": bool,
     "max_process_series": int,
+    "max_owner_series": int,
     "deadline": _NUMBER,
     "interval": _NUMBER,
     "sample_interval": _NUMBER,
@@ -121,6 +125,9 @@ def build(values: Mapping[str, Any]) -> Settings:
     max_series = v.get("max_process_series", DEFAULTS.max_process_series)
     if max_series < 0:
         raise UsageError("--max-process-series must be 0 or more")
+    max_owners = v.get("max_owner_series", DEFAULTS.max_owner_series)
+    if max_owners < 0:
+        raise UsageError("--max-owner-series must be 0 or more")
     log_level = str(v.get("log_level", DEFAULTS.log_level)).lower()
     if log_level not in LOG_LEVELS:
         raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
@@ -136,6 +143,7 @@ def build(values: Mapping[str, Any]) -> Settings:
         label_prefix=label_prefix,
         command_args=bool(v.get("command_args", DEFAULTS.command_args)),
         max_process_series=max_series,
+        max_owner_series=max_owners,
         deadline=_positive(v.get("deadline", DEFAULTS.deadline), "--deadline"),
         interval=_positive(v["interval"], "--interval") if "interval" in v else None,
         sample_interval=_positive(v.get("sample_interval", DEFAULTS.sample_interval), "--sample-interval"),
