@@ -4,7 +4,8 @@
 # Extra arguments go to pytest.
 source "$(dirname "$0")/setup.sh"
 ensure_python
-apt_install prometheus prometheus-node-exporter systemd-container debootstrap openssh-client time
+apt_install prometheus prometheus-node-exporter systemd-container debootstrap openssh-client time \
+    containerd runc busybox-static  # tests/test_runtime_containerd.py: a real containerd, runc, a static busybox image
 ensure_venv dev,role
 build_fake_nvml
 export PATH="$REPO/.venv/bin:$PATH" NO_COLOR=1 ANSIBLE_NOCOLOR=1
