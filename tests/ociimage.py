@@ -1,8 +1,8 @@
 """Container images without a registry: an OCI image layout archive (index.json, manifest, config, one layer) made
 from the host's static busybox, which `ctr images import`, `podman load` and `docker load` all read.
 
-The tests that start real container runtimes need a workload image and containerd's pause image; no registry
-is reachable from a CI machine, so both are built here from Debian's `busybox-static` (/bin/busybox).
+The tests that start real container runtimes need a workload image and containerd's pause image, and must not
+depend on a registry, so both are built here from Debian's `busybox-static` (/bin/busybox).
 """
 
 from __future__ import annotations

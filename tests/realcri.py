@@ -1,19 +1,19 @@
 """A real containerd, driven through the CRI gRPC API the way kubelet drives it, for tests that attribute processes
 a real container runtime started, in the cgroups it made, with the metadata files it wrote.
 
-Containerd runs with a config of its own (CRI plugin, the local pause image as `sandbox_image`, runc with the
-cgroupfs or the systemd cgroup driver) and its root in a temporary directory. Its state is at its default,
-/run/containerd, the first state dir the collector reads (docs/runtimes-and-cgroups.md), but in a mount namespace
-of its own where a temporary directory is bound there: another containerd on the host keeps its /run/containerd,
-and the collector, started in the same namespace (`nsenter_mount`), reads this one's at the path it reads on a
-node. /proc and the cgroup hierarchies are the host's. Pods are made as kubelet makes
-them: RunPodSandbox with the pod's name, namespace, UID and kubelet's cgroup parent for its QoS class,
-CreateContainer and StartContainer with the container's name, and kubelet's labels. Everything this module starts
-or creates is stopped and removed when the block ends, whatever happened inside it.
+Pods are made as kubelet makes them (`Cri`): RunPodSandbox with the pod's name, namespace, UID and kubelet's cgroup
+parent for its QoS class, CreateContainer and StartContainer with the container's name, and kubelet's labels.
+`Containerd` starts its own containerd for tests/test_runtime_containerd.py: a config of its own (CRI plugin, the
+local pause image as `sandbox_image`, runc with the cgroupfs or the systemd cgroup driver), its root in a temporary
+directory, its state at its default, /run/containerd, the first state dir the collector reads, but in a mount
+namespace of its own where a temporary directory is bound there: another containerd on the host keeps its
+/run/containerd, and the collector, started in the same namespace (`nsenter_mount`), reads this one's at the path
+it reads on a node. /proc and the cgroup hierarchies are the host's. Everything it starts or creates is stopped
+and removed when the block ends, whatever happened inside it. The command line (`main`) drives a containerd that
+runs as a service, in molecule/cri's guest.
 
 Nothing is installed here: scripts/test.sh installs containerd, runc and busybox-static.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -451,12 +451,6 @@ def cgroup_mounts() -> list[Path]:
         if len(fields) == 2 and fields[1].split()[0] in ("cgroup", "cgroup2"):
             out.append(Path(line.split()[4]))
     return out
-
-
-@contextlib.contextmanager
-def containerd(driver: str = "cgroupfs") -> Iterator[Containerd]:
-    with Containerd(driver=driver) as runtime:
-        yield runtime
 
 
 # ---- the pods the tests make, on the host (tests/test_runtime_containerd.py) or in a guest (molecule/cri) ----
