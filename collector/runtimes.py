@@ -74,6 +74,11 @@ class ContainerMeta(NamedTuple):
     pod_uid: str
     container: str
     source: str  # containerd, k3s, crio, docker, pod-logs
+    # The cgroup the runtime recorded for the container, as its OCI spec's linux.cgroupsPath has it ("slice:prefix:id"
+    # with the systemd driver, a path with cgroupfs; docker's from hostconfig.json's CgroupParent): checked against
+    # the process's cgroup (collector.cgroups.agrees). "" when the runtime recorded none (pod-logs: none to record).
+    # A state written before this field existed holds rows one field short: they are read again (state._containers).
+    cgroup: str = ""
 
 
 class _Corrupt(Exception):
@@ -167,13 +172,17 @@ class RuntimeMetadata:
                     continue
                 if document is None:
                     continue
-                labels = (document.get("Config") or {}).get("Labels") if source == "docker" else \
-                    document.get("annotations")
-                found = _strings(labels, keys)
+                if source == "docker":
+                    labels = (document.get("Config") or {}).get("Labels")
+                    found = _strings(labels, keys)
+                    recorded = self._docker_cgroup(container_id) if found else ""
+                else:
+                    found = _strings(document.get("annotations"), keys)
+                    recorded = _cgroups_path(document)
                 if found is None:
                     continue
-                return ContainerMeta(pod=found[0], namespace=found[1], pod_uid=found[2] or pod_uid,
-                                     container=found[3], source=source)
+                return ContainerMeta(pod=found[0], namespace=found[1], pod_uid=found[2], container=found[3],
+                                     source=source, cgroup=recorded)
         if pod_uid:
             from_logs = self.pod_from_logs(pod_uid)
             if from_logs is not None:
@@ -199,6 +208,19 @@ class RuntimeMetadata:
         order = {"crio": (crio, containerd, docker), "docker": (docker, containerd, crio)}
         for source in order.get(runtime, (containerd, crio, docker)):
             yield from source()
+
+    def _docker_cgroup(self, container_id: str) -> str:
+        """The cgroup docker gave the container, in its OCI spec's form: moby's `<CgroupParent>:docker:<id>` with the
+        systemd driver (a parent ending in .slice), `<CgroupParent>/<id>` with cgroupfs (daemon/oci_linux.go)."""
+        try:
+            document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "hostconfig.json"))
+        except _Corrupt as err:
+            log.warning("container %s: hostconfig.json %s", container_id[:12], err)
+            return ""
+        parent = document.get("CgroupParent") if document else None
+        if not isinstance(parent, str) or not parent:
+            return ""
+        return f"{parent}:docker:{container_id}" if parent.endswith(".slice") else f"{parent}/{container_id}"
 
     def pod_from_logs(self, pod_uid: str) -> Optional[ContainerMeta]:
         if self._pod_logs is None:
@@ -301,6 +323,13 @@ class RuntimeMetadata:
         except OSError:
             pass
         return ""
+
+
+def _cgroups_path(spec: dict[str, Any]) -> str:
+    """An OCI spec's linux.cgroupsPath; "" when absent."""
+    linux = spec.get("linux")
+    path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+    return path if isinstance(path, str) else ""
 
 
 def _storage_name(entry: Any) -> Optional[tuple[str, str]]:

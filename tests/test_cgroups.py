@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.cgroups import CgroupOwner, parse_cgroup
+from collector.cgroups import CgroupOwner, parse_cgroup, parse_roots
 from collector.model import OWNER_KINDS, OwnerKind
 
 CID = "4f7c1f2d9a8b" + "0123456789abcdef" * 3 + "0123"
@@ -450,10 +450,11 @@ REAL_HOSTS: dict[str, tuple[str, str, CgroupOwner]] = {
     "docker cgroupfs cgroup v1 (Ubuntu)": (NV + " TestDockerIDUbuntu, adapted",
         v1("/docker/31cb02944da7a12196a193cf0e0f6c226d7c453a1db62e65ba98287593a2ee30"),
         container("docker", "31cb02944da7a12196a193cf0e0f6c226d7c453a1db62e65ba98287593a2ee30", "docker")),
-    "docker-in-docker (RancherOS): the inner container": (NV + " TestDockerIDRancherOS, adapted",
+    # the inner engine runs inside the outer container, whose tenant controls it: the outer one is the owner
+    "docker-in-docker (RancherOS): the outer container": (NV + " TestDockerIDRancherOS, adapted",
         v1("/docker/a9a5ad238e59234193ee7ec3fcff5e735b3708ea1068826952255b69e3cfa413/docker/"
            "ec08435e04266c5ba381fccbb829f626d11d8ddf5f8f547263c7a2d79ab4787a"),
-        container("docker", "ec08435e04266c5ba381fccbb829f626d11d8ddf5f8f547263c7a2d79ab4787a", "docker")),
+        container("docker", "a9a5ad238e59234193ee7ec3fcff5e735b3708ea1068826952255b69e3cfa413", "docker")),
     "docker 20.10 cgroup v2 through a cgroup namespace (openSUSE)": (NV + " TestDockerNative_Container_Cgroupv2",
         "0::/../docker-1f1d6e2d4940ddac13abd421a2617992bf89f0e0f9a902ed58278c5f843e9ae7.scope\n",
         container("docker", "1f1d6e2d4940ddac13abd421a2617992bf89f0e0f9a902ed58278c5f843e9ae7", "docker")),
@@ -533,9 +534,34 @@ REAL_HOSTS: dict[str, tuple[str, str, CgroupOwner]] = {
 }
 
 
-@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in REAL_HOSTS.values()], ids=list(REAL_HOSTS))
-def test_real_host_layouts(text: str, expected: CgroupOwner) -> None:
-    same(text, expected)
+# Nested kubelets (kind, minikube) under their node container's cgroup: pods only where the operator names the node
+# containers as cgroup roots (cgroup_roots); "/docker/*" names every docker container.
+NESTED = {"kind node: v1 lines under /docker/<node>/kubepods, unified at containerd.service",
+          "kind node in docker, single v1 line", "minikube multinode: CRI-O pods under /docker/<node>/kubepods.slice"}
+DOCKER_ROOTS = parse_roots(("/docker/*",))
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [(n, t, e) for n, (_, t, e) in REAL_HOSTS.items()],
+                         ids=list(REAL_HOSTS))
+def test_real_host_layouts(name: str, text: str, expected: CgroupOwner) -> None:
+    got = parse_cgroup(text, DOCKER_ROOTS if name in NESTED else ())
+    assert owner_fields(got) == owner_fields(expected)
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_nested_kubelet_without_its_root_is_the_node_container(name: str) -> None:
+    """Without the node container named as a cgroup root, a kubepods tree below it is what any container with a
+    writable cgroupfs can make: the owner is the node container, and the pod name a conflict."""
+    _, text, expected = REAL_HOSTS[name]
+    got = parse_cgroup(text)
+    assert (got.kind, got.pod_uid, got.conflict) == (OwnerKind.DOCKER, "", "nested_below_container")
+    assert got.container_id != expected.container_id
+
+
+def test_a_root_matches_whole_segments_only() -> None:
+    text = f"0::/docker/{SPIRE_CID}x/kubepods/besteffort/pod{SPIRE_UID}/{SPIRE_CID}\n"
+    assert parse_cgroup(text, parse_roots((f"/docker/{SPIRE_CID}",))).kind != OwnerKind.POD
+    assert parse_cgroup(text, parse_roots((f"/docker/{SPIRE_CID}x",))).pod_uid == SPIRE_UID
 
 
 def test_at_least_forty_real_host_files() -> None:
