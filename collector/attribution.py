@@ -160,7 +160,7 @@ class Attributor:
 
     def _container_name(self, kind: str, container_id: str, user_uid: str) -> str:
         if kind == OwnerKind.DOCKER:
-            return self.metadata.docker_name(container_id)
+            return self.metadata.docker_name(container_id, user_uid)
         if kind == OwnerKind.PODMAN:
             return self.metadata.podman_name(container_id, user_uid)
         return container_id[:12]

@@ -281,7 +281,7 @@ def _rootless(walk: _Walk, manager: int, uid: str) -> Optional[CgroupOwner]:
         i += 1
     if i >= n:
         return None
-    found = _container_at(walk, i, uid)
+    found = _container_at(walk, i, uid) if i > manager + 1 else None
     if found is not None and found.runtime in ("podman", "docker") and not found.verbatim:
         return found
     if seg[i].endswith(".service"):

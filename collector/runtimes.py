@@ -36,6 +36,7 @@ CONTAINERD_STATE_DIRS = (
 CONTAINERD_TASKS = "io.containerd.runtime.v2.task/k8s.io"
 CRIO_ROOTS = ("run/containers/storage/overlay-containers", "var/lib/containers/storage/overlay-containers")
 DOCKER_CONTAINERS = "var/lib/docker/containers"
+DOCKER_ROOTLESS_CONTAINERS = ".local/share/docker/containers"  # under the user's home: rootless docker's data root
 POD_LOGS = "var/log/pods"
 MAX_METADATA_BYTES = 4 << 20  # an OCI config.json is a few KiB; anything this large is not one
 # containers/storage's graph root (containers.json) and run root (volatile-containers.json of a transient store)
@@ -251,17 +252,25 @@ class RuntimeMetadata:
             index[uid] = (namespace, pod, containers)
         return index
 
-    def docker_name(self, container_id: str) -> str:
-        """A plain docker container's name (`Name` without its leading slash), or its short id."""
-        if container_id not in self._docker_names:
+    def docker_name(self, container_id: str, user_uid: str = "") -> str:
+        """A plain docker container's name (`Name` without its leading slash), or its short id. user_uid: the uid
+        whose user manager holds the container's cgroup, for rootless docker, whose data root is in that user's home
+        (never the rootful store: a user cannot borrow a rootful container's name); "" for rootful."""
+        key = f"{user_uid}/{container_id}"
+        if key not in self._docker_names:
+            if user_uid:
+                home = self._home(user_uid)
+                path = os.path.join(home, DOCKER_ROOTLESS_CONTAINERS, container_id, "config.v2.json") if home else ""
+            else:
+                path = self._path(DOCKER_CONTAINERS, container_id, "config.v2.json")
             try:
-                document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"))
+                document = _read_json(path) if path else None
             except _Corrupt:
                 document = None
             name = document.get("Name") if document else None
             found = name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
-            self._docker_names[container_id] = found
-        return self._docker_names[container_id]
+            self._docker_names[key] = found
+        return self._docker_names[key]
 
     def podman_name(self, container_id: str, user_uid: str = "") -> str:
         """A podman container's name, or its short id. user_uid: the uid whose user manager holds the container's

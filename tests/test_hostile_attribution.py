@@ -299,3 +299,21 @@ def test_layouts_real_runtimes_make_still_resolve_to_the_pod(host: Host, layout:
     assert owner_of(result, 600) == {"pod": "train", "namespace": "ml", "container": "main", "owner_kind": "pod",
                                      "owner": "ml/train"}
     assert conflicts(result) == {}
+
+
+def test_a_rootless_cgroup_naming_a_rootful_docker_container_does_not_get_its_name(host: Host) -> None:
+    """Reproduction: a user's `user@1000.service/user.slice/docker-<id>.scope`, <id> being a rootful docker
+    container's, was named after that container (read from the rootful store). Rootless docker's names come from
+    the user's own data root."""
+    rootful, own = "d" * 64, "e" * 64
+    host.tree.write(f"var/lib/docker/containers/{rootful}/config.v2.json",
+                    json.dumps({"ID": rootful, "Name": "/billing-db", "Config": {"Labels": {}}}))
+    host.tree.write("etc/passwd", "alice:x:1000:1000::/home/alice:/bin/bash\n")
+    host.tree.write(f"home/alice/.local/share/docker/containers/{own}/config.v2.json",
+                    json.dumps({"ID": own, "Name": "/notebook", "Config": {"Labels": {}}}))
+    manager = "0::/user.slice/user-1000.slice/user@1000.service/user.slice"
+    host.tree.add_process(610, "python3", cgroup=f"{manager}/docker-{rootful}.scope\n")
+    host.tree.add_process(611, "python3", cgroup=f"{manager}/docker-{own}.scope\n")
+    result = host.run(scenario([Gpu(0, compute=[proc(610), proc(611)])]))
+    assert (owner_of(result, 610)["owner_kind"], owner_of(result, 610)["owner"]) == ("docker", rootful[:12])
+    assert (owner_of(result, 611)["owner_kind"], owner_of(result, 611)["owner"]) == ("docker", "notebook")
