@@ -667,6 +667,9 @@ def test_a_verbatim_name_counts_only_under_slices_or_a_runtime_s_own_cgroup() ->
 def test_slurm_names_count_only_at_slurm_s_own_position() -> None:
     assert parse_cgroup(f"0::{A_SCOPE}/slurmstepd.scope/job_7/step_0\n").kind == "pod"
     assert parse_cgroup("0::/system.slice/any.service/slurm/uid_1/job_7/step_0\n").kind == "systemd"
+    assert parse_cgroup("0::/system.slice/any.service/slurmstepd.scope/job_7/step_0\n").kind == "systemd"
+    assert parse_cgroup("0::/user.slice/user-1000.slice/user@1000.service/x.slice/slurmstepd.scope/job_7\n"
+                        ).name == "user-1000"
 
 
 def test_a_conflict_on_any_line_of_a_hybrid_file_is_reported() -> None:
@@ -684,6 +687,7 @@ def test_a_conflict_on_any_line_of_a_hybrid_file_is_reported() -> None:
     # cgroupfs driver: the recorded path itself
     (f"/kubepods/burstable/pod{UID}/{CID}", f"/kubepods/burstable/pod{UID}/{CID}", True),
     (f"/kubepods/burstable/pod{UID2}/{CID}", f"/kubepods/burstable/pod{UID}/{CID}", False),
+    (f"/kubepods/burstable/pod{UID}/{CID}", f"/kubepods/kubepods/burstable/pod{UID}/{CID}", False),  # elsewhere
     # verbatim: the directory is the recorded string, under the runtime's cgroup
     (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}",
      f"/system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}", True),
