@@ -137,6 +137,7 @@ def test_runtime_file_naming_another_pod_uid_is_unverified(host: Host) -> None:
         result = host.run(scenario([Gpu(1, compute=[proc(530)])]))
     assert owner_of(result, 530) == {"pod": "", "namespace": "", "container": "", "owner_kind": "unverified",
                                      "owner": x.uid}
+    assert result.series("gpu_allocation_in_use", pod="victim-b") == []  # a pod's process of unknown pod on it
     assert conflicts(result) == {"pod_uid_mismatch": 1}
 
 
