@@ -57,8 +57,9 @@ _SLURMSTEPD = re.compile(r"(?:[^/]+_)?slurmstepd\.scope")
 _SLURM_V1 = re.compile(r"slurm(?:_[^/]+)?")
 _JOB = re.compile(r"job_(?P<job>\d+)")
 _STEP = re.compile(r"step_(?P<step>\d+|batch|extern|interactive)")
-# What looks like a pod or container name: found below a delegation point, it is a conflict.
-_LOOKS_NAMED = re.compile(r"kubepods|" + H64)
+# What looks like a pod or a runtime's container name: found below a delegation point, it is a conflict. A bare id is
+# not one: runtimes' own sub-cgroups use them (`ctr run`'s /default/<id>, docker-in-docker's /docker/<id>/docker/<id>).
+_LOOKS_NAMED = re.compile(r"kubepods|(?:cri-containerd|crio|docker|libpod)(?:-conmon|-payload)?[-:]" + H64)
 # The runtimes' own units, under which a cgroupfs-driven runtime writes the verbatim "slice:prefix:id" directory
 # on the v1 controllers where the unit has a cgroup of its own (docs/runtimes-and-cgroups.md, 3.1).
 RUNTIME_UNITS = frozenset({"containerd.service", "crio.service", "docker.service", "cri-docker.service",

@@ -672,6 +672,13 @@ def test_slurm_names_count_only_at_slurm_s_own_position() -> None:
                         ).name == "user-1000"
 
 
+def test_bare_ids_below_an_owner_are_no_conflict() -> None:
+    """Runtimes make such sub-cgroups themselves (`ctr run` with cgroupfs, an engine inside a container)."""
+    assert parse_cgroup(f"0::/default/{CID}\n").conflict == ""
+    assert parse_cgroup(f"0::/docker/{CID}/docker/{CID2}\n").conflict == ""
+    assert parse_cgroup(f"0::/docker/{CID}/docker-{CID2}.scope\n").conflict == "nested_below_container"
+
+
 def test_a_conflict_on_any_line_of_a_hybrid_file_is_reported() -> None:
     text = f"4:memory:/system.slice/any.service/{FORGED['verbatim']}\n0::{A_SCOPE}\n"
     got = parse_cgroup(text)
