@@ -148,6 +148,8 @@ def parse_roots(roots: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
 
 def _conflict(segments: list[str], below: int, reason: str) -> str:
     """reason when a segment after index below looks like a pod or container name, else ""."""
+    if below + 1 >= len(segments):
+        return ""
     for segment in segments[below + 1:]:
         if _LOOKS_NAMED.search(segment):
             return reason
@@ -181,7 +183,7 @@ def _pod_or_container(walk: _Walk, end: int, raw_pod: str, qos: str, leaf: Optio
     uid = _uid(raw_pod)
     groups = leaf.groupdict() if leaf else {}
     container_id = groups.get("container_id") or ""
-    if not _BARE_ID.fullmatch(container_id):
+    if verbatim and not _BARE_ID.fullmatch(container_id):  # the other patterns take 64 hex only
         container_id = ""
     conmon = bool(groups.get("conmon"))
     runtime = "crio" if conmon else _RUNTIMES.get(groups.get("runtime") or "", "")
@@ -239,7 +241,7 @@ def _kubernetes(walk: _Walk) -> Optional[CgroupOwner]:
             return _verbatim(walk, i + len(runtime_dir))
     while i < n:  # systemd driver: slices down to the pod slice, or the verbatim directory
         s = seg[i]
-        pod = _POD_SLICE.fullmatch(s) if "kubepods" in s else None
+        pod = _POD_SLICE.fullmatch(s) if "-pod" in s else None
         if pod:
             return _pod_and_leaf(walk, i, pod["pod"], pod["qos"] or "")
         if ":" in s:
@@ -361,7 +363,7 @@ def _slurm(walk: _Walk, job_at: int) -> CgroupOwner:
 
 def parse_path(path: str, roots: tuple[tuple[str, ...], ...] = ()) -> CgroupOwner:
     """The owner one cgroup path names (HOST when none), with a conflict where a name stood untrusted."""
-    stripped = _CGROUPNS_PREFIX.sub("", path)
+    stripped = _CGROUPNS_PREFIX.sub("", path) if path.startswith("/..") else path
     segments = [s for s in stripped.split("/") if s]
     walk = _Walk(segments, stripped, 0, stripped == path)
     for root in roots:
@@ -381,6 +383,8 @@ def parse_cgroup(text: str, roots: tuple[tuple[str, ...], ...] = ()) -> CgroupOw
     """The owner the cgroup file names; HOST for anything it does not recognise. Never raises. roots: the cgroup
     roots of nested kubelets (parse_roots). Cached: the processes of one container share one cgroup file text."""
     paths = most_specific_paths(cgroup_paths(text))
+    if len(paths) == 1:
+        return parse_path(paths[0], roots)
     best, conflict = HOST, ""
     for path in paths:
         owner = parse_path(path, roots)
@@ -400,10 +404,12 @@ def systemd_path(cgroups_path: str) -> str:
     slice_name = parts[0][:-len(".slice")]
     path = ""
     if slice_name and slice_name != "-":
-        words = slice_name.split("-")
-        if "" in words:
+        if "--" in slice_name or slice_name.startswith("-") or slice_name.endswith("-"):
             return ""
-        path = "".join(f"/{'-'.join(words[:k])}.slice" for k in range(1, len(words) + 1))
+        prefix = ""
+        for word in slice_name.split("-"):
+            prefix = f"{prefix}-{word}" if prefix else word
+            path += f"/{prefix}.slice"
     return f"{path}/{parts[1]}-{parts[2]}.scope" if parts[1] else f"{path}/{parts[2]}"
 
 
@@ -411,20 +417,20 @@ def agrees(recorded: str, owner: CgroupOwner) -> bool:
     """Whether the cgroup a runtime recorded for the container (ContainerMeta.cgroup) is the owner's own cgroup or
     an ancestor of it: the only places a process of that container can be (docs/runtimes-and-cgroups.md, "Trust").
     CRI-O's conmon sits beside its container, in the same parent."""
-    if not recorded or not owner.scope:
+    scope = owner.scope
+    if not recorded.strip("/") or not scope:
         return False
-    mine = [s for s in owner.scope.split("/") if s]
     if owner.verbatim:  # a cgroupfs-driven runtime made the systemd-form string its directory, under its own cgroup
-        theirs = [s for s in recorded.split("/") if s]
-        return bool(theirs) and mine[-len(theirs):] == theirs
-    path = systemd_path(recorded) if ":" in recorded else recorded
-    theirs = [s for s in path.split("/") if s]
+        return scope.endswith("/" + recorded.strip("/"))
+    path = systemd_path(recorded) if ":" in recorded else recorded.rstrip("/")
     if owner.name == "crio-conmon":
-        theirs, mine = theirs[:-1], mine[:-1]
-    if not theirs:
+        path, scope = path.rpartition("/")[0], scope.rpartition("/")[0]
+    if not path.strip("/"):
         return False
     if path.startswith("/") and owner.anchored:
-        return mine[:len(theirs)] == theirs
+        return scope == path or scope.startswith(path + "/")
+    theirs = [s for s in path.split("/") if s]
+    mine = [s for s in scope.split("/") if s]
     # Seen through a cgroup namespace, the path starts below the root: a tail of the recorded path must begin it.
     # A relative recorded path (under the runtime's own cgroup) must appear in it whole.
     if path.startswith("/"):
