@@ -194,6 +194,18 @@ def test_a_pod_kubelet_does_not_list_is_unverified(host: Host) -> None:
     assert conflicts(result) == {"unknown_to_kubelet": 1}
 
 
+def test_a_pod_named_by_its_log_directory_that_kubelet_does_not_list_is_unverified(host: Host) -> None:
+    """Reproduction: with no runtime file, kubelet's log directory named the cgroup's pod, and kubelet's List (which
+    answered without it) was not asked."""
+    k8s, a, _ = two_pods(host)
+    ghost = k8s.add_pod("ml", "ghost", write_metadata=False)
+    k8s.add_process(555, ghost)
+    with pod_resources_server(host.socket, [a]):
+        result = host.run(scenario([Gpu(1, compute=[proc(555)])]))
+    assert (owner_of(result, 555)["owner_kind"], owner_of(result, 555)["owner"]) == ("unverified", ghost.uid)
+    assert conflicts(result) == {"unknown_to_kubelet": 1}
+
+
 def test_a_process_whose_cgroup_vanished_is_dropped_not_a_host_process(host: Host) -> None:
     """Reproduction: `/proc/<pid>/cgroup` cannot be read (the process exited after its stat was read): the process
     was reported as `owner_kind="host"`, flagged unallocated on its pod's own GPU, and the pod's allocation showed
