@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resource-name", metavar="NAME", action="append", dest="resource_names",
                         help="extra extended-resource name that carries GPUs (repeatable); nvidia.com/gpu, "
                         "nvidia.com/gpu.shared and nvidia.com/mig-* are always recognised")
+    parser.add_argument("--cgroup-root", metavar="PATH", action="append", dest="cgroup_roots",
+                        help="the cgroup of a nested kubelet's node (kind: /docker/<id>), whose kubepods tree below "
+                             "it holds pods; repeatable")
     parser.add_argument("--label-prefix", metavar="PREFIX",
                         help="prefix for the pod/namespace/container labels of the native metrics, e.g. k8s_")
     parser.add_argument("--command-args", action="store_true", default=None,

@@ -11,6 +11,7 @@ from collector import __version__
 from collector.accounting import OVERFLOW_KEY, Ledger, owner_key
 from collector.exposition import COUNTER, Family, Series, render
 from collector.model import (
+    ATTRIBUTION_CONFLICT_REASONS,
     CDI_UNRESOLVED_REASONS,
     EMPTY,
     METADATA_MISS_REASONS,
@@ -231,6 +232,10 @@ class _ReportFamilies:
         self.metadata_misses = gauge(
             "gpu_proc_collector_metadata_misses",
             "Container lookups this run that found no usable runtime metadata file, by reason.", ["reason"])
+        self.conflicts = gauge(
+            "gpu_proc_collector_attribution_conflicts",
+            "Processes this run whose cgroup named a pod or container that the cgroup's position, the runtime's files "
+            "or kubelet did not back, by reason (docs/runtimes-and-cgroups.md, Trust).", ["reason"])
         self.allocation_series_dropped = gauge(
             "gpu_proc_collector_allocation_series_dropped",
             "Allocated devices that got no gpu_allocation_* series this run (the per-node series budget was spent "
@@ -342,6 +347,8 @@ class _ReportFamilies:
                 self.pod_resources_up.add((), 1.0 if facts.pod_resources_up else 0.0)
             for reason in METADATA_MISS_REASONS:
                 self.metadata_misses.add((reason,), float(facts.metadata_misses.get(reason, 0)))
+            for reason in ATTRIBUTION_CONFLICT_REASONS:
+                self.conflicts.add((reason,), float(facts.conflicts.get(reason, 0)))
 
     def add_activity(self, device: Device, activity: DeviceActivity) -> None:
         for name, family in self.activity.items():

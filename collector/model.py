@@ -51,10 +51,13 @@ class OwnerKind:
     SYSTEMD = "systemd"  # a systemd service
     SLURM = "slurm"  # a Slurm job step
     HOST = "host"  # anything else: a user session, a shell, an unrecognised cgroup
+    # The cgroup names a pod, but the runtime's files or kubelet disagree (ATTRIBUTION_CONFLICT_REASONS): the
+    # owner is the cgroup's pod UID, never the pod the files name (docs/runtimes-and-cgroups.md, "Trust").
+    UNVERIFIED = "unverified"
 
 
 OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.CONTAINER, OwnerKind.SYSTEMD,
-               OwnerKind.SLURM, OwnerKind.HOST)
+               OwnerKind.SLURM, OwnerKind.HOST, OwnerKind.UNVERIFIED)
 
 
 class MigInfo(NamedTuple):
@@ -148,7 +151,7 @@ class HostProcess(NamedTuple):
     pid: int
     name: str
     start_time: float  # seconds since the epoch (stat starttime + btime); with the PID, names the process across runs
-    cgroup: str  # raw /proc/<pid>/cgroup text, "" when unreadable
+    cgroup: str  # raw /proc/<pid>/cgroup text (a process whose file cannot be read is dropped)
     cmdline: tuple[str, ...] = ()  # read only when the operator opts in to the args label
 
 
@@ -182,6 +185,15 @@ class ProcessRecord(NamedTuple):
 
 
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
+
+# Why a pod or container name was not believed (gpu_proc_collector_attribution_conflicts{reason}), per process:
+ATTRIBUTION_CONFLICT_REASONS = (
+    "nested_below_container",  # the name stands below another container's own cgroup: that container is the owner
+    "untrusted_position",  # below a service, a user's manager or a scope, where no runtime puts one: that unit is
+    "cgroup_mismatch",  # the runtime recorded another cgroup for the container (or none): owner_kind unverified
+    "pod_uid_mismatch",  # the runtime's file names another pod UID than the cgroup: owner_kind unverified
+    "unknown_to_kubelet",  # kubelet's pod-resources answered and does not list the pod: owner_kind unverified
+)
 
 
 class AllocationTarget(NamedTuple):
@@ -235,6 +247,7 @@ class AttributionFacts(NamedTuple):
 
     pod_resources_up: Optional[bool]  # kubelet's List answered; None when it was not needed (no process to check)
     metadata_misses: Mapping[str, int]  # container lookups with no usable runtime file, by reason
+    conflicts: Mapping[str, int] = EMPTY  # processes whose cgroup named someone the evidence did not back, by reason
 
 
 def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:

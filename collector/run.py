@@ -76,6 +76,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         pod_resources_socket=settings.socket,
         pod_resources_timeout=settings.pod_resources_timeout,
         resource_names=settings.resource_names,
+        cgroup_roots=settings.cgroup_roots,
     ), snapshot.devices, previous.containers)
     attributed = []
     for proc in snapshot.processes:

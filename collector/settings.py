@@ -28,6 +28,9 @@ class Settings(NamedTuple):
     pod_resources_socket: Optional[str] = None  # None: POD_RESOURCES_SOCKET under the host root
     pod_resources_timeout: float = 10.0
     resource_names: tuple[str, ...] = ()  # extra extended-resource names that carry GPUs
+    # Cgroups of nested kubelets (kind, minikube: the node container's, "/docker/<id>"; "*" is any one segment):
+    # a kubepods tree directly below one is a pod. Below any other container it is not (docs/runtimes-and-cgroups.md).
+    cgroup_roots: tuple[str, ...] = ()
     # Native metrics name the Kubernetes labels with this prefix ("k8s_" -> k8s_pod), for scrapes that would
     # otherwise rename pod to exported_pod. The seed-compatible metrics keep their names.
     label_prefix: str = ""
@@ -64,6 +67,7 @@ CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
     "pod_resources_socket": str,
     "pod_resources_timeout": _NUMBER,
     "resource_names": list,
+    "cgroup_roots": list,
     "label_prefix": str,
     "command_args": bool,
     "max_process_series": int,
@@ -122,6 +126,9 @@ def build(values: Mapping[str, Any]) -> Settings:
     resource_names = tuple(v.get("resource_names", ()))
     if not all(isinstance(name, str) and name for name in resource_names):
         raise UsageError("resource_names must list extended-resource names")
+    cgroup_roots = tuple(v.get("cgroup_roots", ()))
+    if not all(isinstance(root, str) and root.startswith("/") and root.strip("/") for root in cgroup_roots):
+        raise UsageError("cgroup_roots must list cgroup paths below the root, each starting with /")
     max_series = v.get("max_process_series", DEFAULTS.max_process_series)
     if max_series < 0:
         raise UsageError("--max-process-series must be 0 or more")
@@ -140,6 +147,7 @@ def build(values: Mapping[str, Any]) -> Settings:
         pod_resources_timeout=_positive(v.get("pod_resources_timeout", DEFAULTS.pod_resources_timeout),
                                         "--pod-resources-timeout"),
         resource_names=resource_names,
+        cgroup_roots=cgroup_roots,
         label_prefix=label_prefix,
         command_args=bool(v.get("command_args", DEFAULTS.command_args)),
         max_process_series=max_series,

@@ -425,9 +425,11 @@ def test_series_over_the_budget_are_aggregated_per_owner(host: Host) -> None:
 def test_lone_surrogates_in_runtime_metadata_cannot_break_the_file(host: Host) -> None:
     k8s = PodHost(host.tree)
     pod = k8s.add_pod("ml", "train")
-    annotations = ('{"annotations": {"io.kubernetes.cri.sandbox-name": "bad\\ud800name", '
-                   '"io.kubernetes.cri.sandbox-namespace": "ml", "io.kubernetes.cri.container-name": "c\\udfff"}}')
-    k8s.write_metadata(pod, pod.containers[0]).write_text(annotations)
+    spec = k8s.write_metadata(pod, pod.containers[0])
+    cgroups_path = json.loads(spec.read_text())["linux"]["cgroupsPath"]
+    spec.write_text('{"annotations": {"io.kubernetes.cri.sandbox-name": "bad\\ud800name", '
+                    '"io.kubernetes.cri.sandbox-namespace": "ml", "io.kubernetes.cri.container-name": "c\\udfff"}, '
+                    '"linux": {"cgroupsPath": "' + cgroups_path + '"}}')
     k8s.add_process(3950, pod)
     result = host.run(scenario([Gpu(0, compute=[proc(3950)])]))  # promtool checks the file inside run()
     assert result.returncode == 0, result.stderr
