@@ -98,11 +98,15 @@ class Podman:
 
 
 class Collector:
-    """The real CLI against the stand-in NVML, reading a real host (or a guest's root, /proc/<pid>/root)."""
+    """The real CLI against the stand-in NVML, reading a real host (or a guest's root, /proc/<pid>/root, from inside
+    the guest's cgroup namespace, as a collector running in the guest sees cgroups: seen from the host, the guest's
+    cgroups sit below its nspawn cgroup, where attribution trusts no runtime's name)."""
 
     def __init__(self, host_root: str, state_dir: Path) -> None:
         self.host_root = host_root
         self.state_dir = state_dir
+        leader = host_root.split("/")[2] if host_root.startswith("/proc/") else ""
+        self.prefix = ["nsenter", f"--cgroup=/proc/{leader}/ns/cgroup"] if leader else []
 
     def env(self, pids: Sequence[int]) -> dict[str, str]:
         scenario = self.state_dir.parent / f"{self.state_dir.name}-scenario.json"
@@ -114,8 +118,9 @@ class Collector:
     def collect(self, pids: Sequence[int]) -> dict[int, dict[str, str]]:
         """pid -> labels of its gpu_process_memory_bytes series, after checking the run wrote a valid file that
         leaves no memory unattributed and missed no runtime file."""
-        proc = subprocess.run([sys.executable, "-m", "collector", "--stdout", "--host-root", self.host_root,
-                               "--state-dir", str(self.state_dir)], capture_output=True, text=True, timeout=60,
+        command = [*self.prefix, sys.executable, "-m", "collector", "--stdout", "--host-root", self.host_root,
+                   "--state-dir", str(self.state_dir)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60,
                               env=self.env(pids), cwd=REPO, check=False)
         assert proc.returncode == 0, proc.stderr
         promtool_check(proc.stdout)
@@ -125,9 +130,10 @@ class Collector:
         return {int(labels["pid"]): labels for labels, _ in metrics.get("gpu_process_memory_bytes", [])}
 
     def check(self) -> list[str]:
-        proc = subprocess.run([sys.executable, "-m", "collector", "--check", "--host-root", self.host_root,
-                               "--state-dir", str(self.state_dir), "--textfile-dir", str(self.state_dir.parent)],
-                              capture_output=True, text=True, timeout=60, env=self.env([]), cwd=REPO, check=False)
+        command = [*self.prefix, sys.executable, "-m", "collector", "--check", "--host-root", self.host_root,
+                   "--state-dir", str(self.state_dir), "--textfile-dir", str(self.state_dir.parent)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60, env=self.env([]), cwd=REPO,
+                              check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout.splitlines()
 
