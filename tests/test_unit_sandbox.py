@@ -44,6 +44,15 @@ CONTROL_SOCKETS = (
     "/run/buildkit/buildkitd.sock",
     "/run/dbus/system_bus_socket",  # systemd, logind, machined ... over D-Bus
     "/run/systemd/private",  # systemctl's direct line to PID 1
+    # systemd's varlink sockets in the Molecule guests (systemd 247 to 257), and resolved's (lookups leave the unit)
+    "/run/systemd/io.system.ManagedOOM",
+    "/run/systemd/io.systemd.ManagedOOM",
+    "/run/systemd/io.systemd.Credentials",
+    "/run/systemd/io.systemd.Hostname",
+    "/run/systemd/io.systemd.sysext",
+    "/run/systemd/journal/io.systemd.journal",
+    "/run/systemd/resolve/io.systemd.Resolve",
+    "/run/ssh-unix-local/socket",
     "/run/udev/control",
     "/var/lib/kubelet/device-plugins/kubelet.sock",  # device plugin registration
     "/var/lib/kubelet/device-plugins/nvidia-gpu.sock",
