@@ -12,17 +12,19 @@ back in read-only. The Molecule scenario shows the same in booted guests (molecu
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from collector import allocation, cdi, runtimes
 from collector.settings import POD_RESOURCES_SOCKET
 from tests.conftest import require_tool
-from tests.role_render import render
+from tests.role_render import ROLE, ansible_playbook, render
 from tests.simhost import HostTree, write_podman_store
 
 UNIT = "gpu-proc-collector.service"
@@ -210,3 +212,39 @@ def test_the_exposure_score_is_no_worse_than_without_these_settings(
     without = re.sub(r"(?m)^ProtectHome=.*$", "ProtectHome=yes", without)
     assert without != unit
     assert exposure(unit, tmp_path) <= exposure(without, tmp_path) <= 2.5
+
+
+def _preflight_socket_check(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """preflight.yml's assertion that kubelet's socket is not hidden, run alone with the role's defaults and vars."""
+    tasks = yaml.safe_load((ROLE / "tasks" / "preflight.yml").read_text())
+    task = next(t for t in tasks if t["name"].startswith("Assert that the sandbox leaves kubelet's pod-resources"))
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars_files": [str(ROLE / "defaults" / "main.yml"), str(tmp_path / "extra.json"),
+                            str(ROLE / "vars" / "main.yml")],
+             "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}", "role_path": str(ROLE)},
+             "tasks": [task]}]
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    env = {**os.environ, "ANSIBLE_FILTER_PLUGINS": str(ROLE / "filter_plugins"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"}
+    return subprocess.run([ansible_playbook(), "-i", "localhost,", str(tmp_path / "play.yml")], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+
+
+@pytest.mark.parametrize(("extra", "passes"), [
+    ({}, True),
+    ({"gpu_proc_collector_host_root": "/host"}, True),
+    ({"gpu_proc_collector_pod_resources_socket": "/run/kubelet/pod-resources.sock"}, True),
+    ({"gpu_proc_collector_pod_resources_socket": "/var/lib/kubelet/plugins/pod-resources/kubelet.sock"}, False),
+    ({"gpu_proc_collector_pod_resources_socket": "/run/crio/kubelet.sock"}, False),
+    ({"gpu_proc_collector_host_root": "/host",
+      "gpu_proc_collector_pod_resources_socket": "/host/var/lib/kubelet/device-plugins/kubelet.sock"}, False),
+    ({"gpu_proc_collector_host_root": "/host",
+      "gpu_proc_collector_pod_resources_socket": "/var/lib/kubelet/device-plugins/kubelet.sock"}, False),
+])
+def test_preflight_refuses_a_pod_resources_socket_the_unit_would_hide(tmp_path: Path, extra: dict[str, object],
+                                                                      passes: bool) -> None:
+    result = _preflight_socket_check(tmp_path, extra)
+    assert (result.returncode == 0) == passes, result.stdout + result.stderr
+    if not passes:
+        assert "lies in a path the unit hides" in result.stdout
