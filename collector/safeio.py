@@ -14,9 +14,10 @@ file is 200 MB of memory, a link out of the host root reads the collector's own 
 - fstat()s what it opened and refuses anything but a regular file (FIFO, device, socket, directory);
 - refuses a file larger than the caller's cap for that kind of file: never a silent truncation.
 
-And JSON is parsed so that no document can crash the run: nesting depth, integer length and non-finite numbers are
-bounded before the standard parser sees it (Python's raise RecursionError at about 1,000 levels and ValueError at
-4,300 digits). The caps, their reasons and the measured costs: docs/reading-files.md.
+And JSON is parsed so that no document can crash the run: its nesting depth is checked before the standard parser
+sees it (which raises RecursionError at about 1,000 levels), and as it parses, integers longer than MAX_INT_DIGITS
+(Python's int() raises ValueError past 4,300 digits; float() of a 400-digit one, OverflowError) and non-finite
+numbers (NaN, Infinity, 1e999) are refused. The caps, their reasons and the measured costs: docs/reading-files.md.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class _OpenHow(ctypes.Structure):
     _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
 
 
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_hows: dict[int, _OpenHow] = {}  # open flags -> the open_how that asks for them
 _syscall: Any = None  # libc's syscall(2), once known to work; False once openat2 is known not to
 _root_fds: dict[str, int] = {}  # host root -> an O_PATH descriptor of it, kept for the process's life
 _cut_logged: set[str] = set()  # directories list_dir() read only part of, already logged
@@ -76,8 +79,10 @@ def _openat2(root_fd: int, relative: str, flags: int, path: str) -> Optional[int
         _syscall = libc.syscall
         _syscall.restype = ctypes.c_long
         _syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
-    how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = int(_syscall(_SYS_OPENAT2, root_fd, os.fsencode(relative), ctypes.byref(how), ctypes.sizeof(how)))
+    how = _hows.get(flags)
+    if how is None:
+        how = _hows[flags] = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    fd = int(_syscall(_SYS_OPENAT2, root_fd, os.fsencode(relative), ctypes.byref(how), _HOW_SIZE))
     if fd >= 0:
         return fd
     code = ctypes.get_errno()
@@ -120,9 +125,10 @@ def _open(path: str, root: Optional[str], follow_last: bool) -> int:
     flags = _FLAGS if follow_last else _FLAGS | os.O_NOFOLLOW
     if root is None:
         return os.open(path, flags)
-    relative = os.path.relpath(path, root)
-    if relative == ".." or relative.startswith("../"):
+    prefix = root if root.endswith("/") else root + "/"
+    if not path.startswith(prefix):  # the callers join their paths to the root: a plain prefix test suffices
         raise Refused(f"{path} is not under the host root {root}")
+    relative = path[len(prefix):]
     fd = _openat2(_root_fd(root), relative, flags, path)
     if fd is None:
         fd = os.open(_walk_in_root(root, relative, follow_last), flags)
@@ -179,18 +185,19 @@ def _size(n: int) -> str:
 
 # ---- JSON ----
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_SUSPECT_NUMBER = re.compile(rb"[0-9]{%d}|[eE][-+]?[0-9]{3}" % (MAX_INT_DIGITS + 1))
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_STRING = re.compile(rb'"[^"]*"')
 
 
 def _depth_within(raw: bytes, limit: int) -> bool:
-    """Whether no array or object of raw nests deeper than limit. Fast where it matters: a document with no more
-    brackets than the limit cannot nest deeper; else, with strings taken out, each pass of replace() removes one
-    level of bracket pairs (C speed; as many passes as the document is deep)."""
+    """Whether no array or object of raw nests deeper than limit, at C speed: a document with no more brackets than
+    the limit cannot nest deeper; else escaped backslashes and quotes go, then everything but brackets and quotes,
+    then the strings (brackets in strings are text), and each pass of replace() removes one level of bracket pairs
+    (as many passes as the document is deep). Unbalanced brackets are not JSON and count as too deep."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return True
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET).replace(b"{", b"[").replace(b"}", b"]")
+    reduced = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    brackets = _STRING.sub(b"", reduced).replace(b"{", b"[").replace(b"}", b"]")
     for _ in range(limit):
         if not brackets:
             return True
@@ -215,6 +222,10 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} (a non-finite number)")
 
 
+# Each number through a check (ints and floats alike cost about what the C parser's own conversion does)
+_DECODER = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_constant)
+
+
 def parse_json(raw: bytes, what: str = "") -> Any:
     """The JSON value of raw: at most MAX_JSON_DEPTH deep, integers of at most MAX_INT_DIGITS digits, finite numbers
     only. Raises Refused, which says why (what: the file's name, for the message)."""
@@ -222,9 +233,7 @@ def parse_json(raw: bytes, what: str = "") -> Any:
     if not _depth_within(raw, MAX_JSON_DEPTH):
         raise Refused(f"{where}not JSON this collector reads: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        if _SUSPECT_NUMBER.search(raw):  # checked one number at a time only where one may be too long
-            return json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
-        return json.loads(raw, parse_constant=_constant)
+        return _DECODER.decode(raw.decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the callbacks' refusals
         raise Refused(f"{where}not JSON: {err}") from None
 
@@ -244,10 +253,9 @@ def iter_json_array(raw: bytes, what: str = "") -> Iterator[Any]:
     where = f"{what}: " if what else ""
     if not _depth_within(raw, MAX_JSON_DEPTH):
         raise Refused(f"{where}not JSON this collector reads: nested deeper than {MAX_JSON_DEPTH} levels")
-    suspect = _SUSPECT_NUMBER.search(raw) is not None
     try:
         text = raw.decode("utf-8")
-        decoder = _CHECKED if suspect else _PLAIN
+        decoder = _DECODER
         index = _SPACE.match(text, 0).end()  # type: ignore[union-attr]  # it matches anything
         if text[index:index + 1] != "[":
             raise ValueError("not a JSON array")
@@ -270,8 +278,6 @@ def iter_json_array(raw: bytes, what: str = "") -> Iterator[Any]:
         raise Refused(f"{where}not JSON: {err}") from None
 
 
-_PLAIN = json.JSONDecoder(parse_constant=_constant)
-_CHECKED = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_constant)
 
 
 def list_dir(path: str, limit: int) -> tuple[list[os.DirEntry[str]], bool]:

@@ -362,7 +362,7 @@ def test_a_200_mb_state_file_is_refused(host: Host) -> None:
         f.truncate(200_000_000)  # sparse: the size is what the cap looks at
     result = host.run(scenario([Gpu(0, compute=[proc(100)])]), timeout=HANG)
     completed(result)
-    assert "state.json is larger than 16 MiB" in result.stderr
+    assert "state.json is larger than 8 MiB" in result.stderr
 
 
 def test_many_pod_log_directories_are_read_up_to_a_bound(host: Host) -> None:
