@@ -162,6 +162,21 @@ def _wait_for(condition: Callable[[], bool], service: subprocess.Popen[str]) -> 
 
 # ---- crashes: numbers and nesting ----
 
+@pytest.mark.parametrize("where", ["list", "metadata"])
+def test_a_deeply_nested_containers_json_is_refused_not_a_crash(host: Host, where: str) -> None:
+    """Reproduction: containers.json of 100,000 `[`, or an entry whose `metadata` string (JSON inside JSON) is:
+    RecursionError escaped the reader and the collection failed (up 0), every run."""
+    podman_process(host)
+    if where == "list":
+        host.tree.write(f"{STORE}/containers.json", "[" * 100_000)
+    else:
+        host.tree.write(f"{STORE}/containers.json", json.dumps([{"id": PODMAN_ID, "names": [],
+                                                                 "metadata": "[" * 100_000}]))
+    result = run_podman(host)
+    completed(result)
+    assert owner_of(result, 300)["owner"] == PODMAN_ID[:12]
+
+
 @pytest.mark.parametrize("ext", ["yaml", "json"])
 def test_a_cdi_spec_with_a_5000_digit_number_is_malformed_not_a_crash(host: Host, ext: str) -> None:
     """Reproduction: a claim's CDI spec whose device node has a minor of 5,000 digits (YAML: `minor: 111...`;
@@ -402,3 +417,25 @@ def test_the_state_file_is_read_under_the_runs_deadline(tmp_path: Path) -> None:
                             check=False)
     assert result.returncode == 4, result.stderr
     assert "gpu_proc_collector_up 0" in (textfile / "gpu_processes.prom").read_text()
+
+
+# ---- the JSON bounds themselves ----
+
+def test_json_nesting_is_bounded_exactly_and_brackets_in_strings_are_text() -> None:
+    """MAX_JSON_DEPTH levels parse, one more is refused, whatever the stack depth of the caller (Python's own
+    limit is about 1,000, less a caller's frames); brackets inside strings (escaped quotes and backslashes
+    included) do not count."""
+    depth = safeio.MAX_JSON_DEPTH
+    assert safeio.parse_json(b"[" * depth + b"]" * depth) is not None
+    with pytest.raises(safeio.Refused, match="nested deeper"):
+        safeio.parse_json(b"[" * (depth + 1) + b"]" * (depth + 1))
+    text = json.dumps(["[" * 100, '\\"[[' + "{" * 100, "\\", ["]]"] * 70]).encode()
+    assert safeio.parse_json(text)[3] == ["]]"] * 70
+
+
+def test_json_numbers_are_bounded() -> None:
+    limit = safeio.MAX_INT_DIGITS
+    assert safeio.parse_json(b"[%s, 1.5e300, -2]" % (b"9" * limit)) == [int("9" * limit), 1.5e300, -2]
+    for bad in (b"9" * (limit + 1), b"-" + b"9" * (limit + 1), b"1e400", b"-Infinity", b"NaN"):
+        with pytest.raises(safeio.Refused):
+            safeio.parse_json(b"[%s]" % bad)
