@@ -100,6 +100,7 @@ def test_the_strict_loader_refuses_with_a_reason_or_agrees_with_safe_load(text: 
 @pytest.mark.parametrize(("text", "reason"), [
     ("a: &x 1\nb: *x\n", "yaml_unsupported"),  # anchors and aliases: a billion laughs is a few of them
     ("a: &x 1\n", "yaml_unsupported"),
+    ("a: *x\n", "yaml_unsupported"),
     ("a: !!str 1\n", "yaml_unsupported"),
     ("a: !!python/object:os.system 1\n", "yaml_unsupported"),
     ("? [a]\n: b\n", "yaml_unsupported"),
@@ -108,6 +109,7 @@ def test_the_strict_loader_refuses_with_a_reason_or_agrees_with_safe_load(text: 
     ("a: 1\n---\nb: 2\n", "yaml_unsupported"),
     ("a: 1\na: 2\n", "malformed"),  # CDI's strict loader rejects duplicate keys too
     ("a: " + "1" * 5000 + "\n", "malformed"),  # int() raises past 4,300 digits
+    ("a: " + "1" * 50 + "\n", "malformed"),  # int() reads it; no CDI field is a number this long
     ("a: .inf\n", "malformed"),
     ("a: [1, 2\n", "malformed"),
     ("a: 'open\n", "malformed"),
