@@ -196,8 +196,11 @@ def _depth_within(raw: bytes, limit: int) -> bool:
     (as many passes as the document is deep). Unbalanced brackets are not JSON and count as too deep."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return True
-    reduced = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    brackets = _STRING.sub(b"", reduced).replace(b"{", b"[").replace(b"}", b"]")
+    # (`""` goes before the regex: a string without brackets, or two strings side by side, is no structure)
+    reduced = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in reduced:
+        reduced = _STRING.sub(b"", reduced)
+    brackets = reduced.replace(b"{", b"[").replace(b"}", b"]")
     for _ in range(limit):
         if not brackets:
             return True
