@@ -264,6 +264,8 @@ def view(index: AllocationIndex, records: Sequence[ProcessRecord], unplaced: Ite
     unsure_pod: set[tuple[str, str, str]] = set()  # (namespace, pod, unit): a pod's process, container unknown
     for r in records:
         o, unit = r.owner, r.gpu.device.label
+        if o.kind == OwnerKind.UNVERIFIED:  # a pod's process, which pod not known for sure
+            unsure.add(unit)
         if o.kind != OwnerKind.POD:
             continue
         if not o.pod:

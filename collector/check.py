@@ -92,6 +92,18 @@ def gpus(devices: Optional[Collection[int]], expect_gpus: Optional[int]) -> list
     return out + persistence([gpu for gpu in found.gpus if not gpu.error])
 
 
+def mig_capability_nodes(host_root: str) -> list[Finding]:
+    """Read before NVML is initialised: this process's own NVML (root, without the unit's NoNewPrivileges=) would
+    create the missing nodes while listing the MIG devices, and hide what the unit will meet."""
+    instances, missing = nvml.missing_capability_nodes(host_root)
+    if missing:
+        return [warning(nvml.describe_missing_nodes(missing))]
+    if instances:
+        return [ok(f"MIG capability device nodes present for {_count(instances, 'GPU or compute instance')} "
+                   "(/dev/nvidia-caps)")]
+    return []
+
+
 def persistence(readable: Sequence[nvml.GpuInventory]) -> list[Finding]:
     out = [warning(f"GPU {gpu.index}: persistence mode is off: every timer run pays the driver's initialisation "
                    "(seconds on some hosts); enable it (nvidia-persistenced, or nvidia-smi -pm 1)")
@@ -322,7 +334,9 @@ class _Output:
 def run_check(settings: Settings, expect_gpus: Optional[int] = None) -> int:
     """Prints one line per finding; 1 if any is an error, else 0."""
     with _Output(settings.deadline) as output:
+        mig_nodes = mig_capability_nodes(settings.host_root)
         output.emit(gpus(settings.devices, expect_gpus))
+        output.emit(mig_nodes)
         output.emit([pod_resources(settings)])
         output.emit(runtime_dirs(settings.host_root))
         output.emit(textfile(settings))

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resource-name", metavar="NAME", action="append", dest="resource_names",
                         help="extra extended-resource name that carries GPUs (repeatable); nvidia.com/gpu, "
                         "nvidia.com/gpu.shared and nvidia.com/mig-* are always recognised")
+    parser.add_argument("--cgroup-root", metavar="PATH", action="append", dest="cgroup_roots",
+                        help="the cgroup of a nested kubelet's node (kind: /docker/<id>), whose kubepods tree below "
+                             "it holds pods; repeatable")
     parser.add_argument("--label-prefix", metavar="PREFIX",
                         help="prefix for the pod/namespace/container labels of the native metrics, e.g. k8s_")
     parser.add_argument("--command-args", action="store_true", default=None,
@@ -64,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-process-series", metavar="N", type=int,
                         help=f"per-process series per node (default {d.max_process_series}); beyond it the largest "
                         "memory holders keep theirs and the rest are summed per device and owner")
+    parser.add_argument("--max-owner-series", metavar="N", type=int,
+                        help=f"owners with accounting series of their own (default {d.max_owner_series}); owners "
+                        "beyond it are counted together as owner_kind=\"overflow\"")
     parser.add_argument("--deadline", metavar="SECONDS", type=float,
                         help=f"a run that takes longer writes gpu_proc_collector_up 0 and exits 4 "
                         f"(default {d.deadline:g})")

@@ -4,7 +4,8 @@ No API server, no runtime socket: the files every runtime already keeps under th
 - containerd: task bundles' OCI `config.json` annotations (io.kubernetes.cri.*), in every state dir that exists:
   `run/containerd` (kubeadm, most distributions), `run/k3s/containerd` (k3s, RKE2) and microk8s' snap path.
 - CRI-O: `config.json` in its run and graph roots; kubelet's labels are copied there as annotations.
-- docker (cri-dockerd, or plain docker): `var/lib/docker/containers/<id>/config.v2.json`, `Config.Labels`.
+- docker (cri-dockerd, or plain docker): `var/lib/docker/containers/<id>/config.v2.json`, `Config.Labels` (the
+  data root `etc/docker/daemon.json` sets, where it sets one).
 - kubelet's `var/log/pods/<namespace>_<pod>_<uid>/<container>/`: names a pod from its UID when no runtime file has
   the container (any runtime; the directory names are DNS-1123 names, which have no `_`).
 - podman: the container's name is in containers/storage's `<driver>-containers/containers.json` (podman keeps it
@@ -36,6 +37,8 @@ CONTAINERD_STATE_DIRS = (
 CONTAINERD_TASKS = "io.containerd.runtime.v2.task/k8s.io"
 CRIO_ROOTS = ("run/containers/storage/overlay-containers", "var/lib/containers/storage/overlay-containers")
 DOCKER_CONTAINERS = "var/lib/docker/containers"
+DOCKER_DAEMON_JSON = "etc/docker/daemon.json"  # its "data-root" moves var/lib/docker
+DOCKER_ROOTLESS_CONTAINERS = ".local/share/docker/containers"  # under the user's home: rootless docker's data root
 POD_LOGS = "var/log/pods"
 # kubelet keeps a directory per pod on the node (110 by default, --max-pods) and removes a deleted pod's: more
 # than this is no node's pod list (docs/reading-files.md)
@@ -71,6 +74,7 @@ METADATA_DIRS: tuple[tuple[str, str], ...] = (
     *((_containerd_source(state), f"{state}/{CONTAINERD_TASKS}") for state in CONTAINERD_STATE_DIRS),
     *(("crio", root) for root in CRIO_ROOTS),
     ("docker", DOCKER_CONTAINERS),
+    ("podman", PODMAN_STORAGE[0]),
     ("pod-logs", POD_LOGS),
 )
 
@@ -81,6 +85,11 @@ class ContainerMeta(NamedTuple):
     pod_uid: str
     container: str
     source: str  # containerd, k3s, crio, docker, pod-logs
+    # The cgroup the runtime recorded for the container, as its OCI spec's linux.cgroupsPath has it ("slice:prefix:id"
+    # with the systemd driver, a path with cgroupfs; docker's from hostconfig.json's CgroupParent): checked against
+    # the process's cgroup (collector.cgroups.agrees). "" when the runtime recorded none (pod-logs: none to record).
+    # A state written before this field existed holds rows one field short: they are read again (state._containers).
+    cgroup: str = ""
 
 
 class _Corrupt(Exception):
@@ -121,6 +130,7 @@ class RuntimeMetadata:
         self._cache: dict[str, Optional[ContainerMeta]] = {}
         self._pod_logs: Optional[dict[str, tuple[str, str, str]]] = None
         self._docker_names: dict[str, str] = {}
+        self._docker_containers: Optional[str] = None
         self._podman_names: dict[str, dict[str, str]] = {}  # user uid ("" rootful) -> container id -> name
 
     def _path(self, *parts: str) -> str:
@@ -150,13 +160,17 @@ class RuntimeMetadata:
                     continue
                 if document is None:
                     continue
-                labels = (document.get("Config") or {}).get("Labels") if source == "docker" else \
-                    document.get("annotations")
-                found = _strings(labels, keys)
+                if source == "docker":
+                    labels = (document.get("Config") or {}).get("Labels")
+                    found = _strings(labels, keys)
+                    recorded = self._docker_cgroup(container_id) if found else ""
+                else:
+                    found = _strings(document.get("annotations"), keys)
+                    recorded = _cgroups_path(document)
                 if found is None:
                     continue
-                return ContainerMeta(pod=found[0], namespace=found[1], pod_uid=found[2] or pod_uid,
-                                     container=found[3], source=source)
+                return ContainerMeta(pod=found[0], namespace=found[1], pod_uid=found[2], container=found[3],
+                                     source=source, cgroup=recorded)
         if pod_uid:
             from_logs = self.pod_from_logs(pod_uid)
             if from_logs is not None:
@@ -177,11 +191,25 @@ class RuntimeMetadata:
                 yield "crio", self._path(root, container_id, "userdata", "config.json"), KUBELET_KEYS
 
         def docker() -> Iterator[tuple[str, str, tuple[str, str, str, str]]]:
-            yield "docker", self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"), KUBELET_KEYS
+            yield "docker", os.path.join(self.docker_containers(), container_id, "config.v2.json"), KUBELET_KEYS
 
         order = {"crio": (crio, containerd, docker), "docker": (docker, containerd, crio)}
         for source in order.get(runtime, (containerd, crio, docker)):
             yield from source()
+
+    def _docker_cgroup(self, container_id: str) -> str:
+        """The cgroup docker gave the container, in its OCI spec's form: moby's `<CgroupParent>:docker:<id>` with the
+        systemd driver (a parent ending in .slice), `<CgroupParent>/<id>` with cgroupfs (daemon/oci_linux.go)."""
+        try:
+            document = _read_json(os.path.join(self.docker_containers(), container_id, "hostconfig.json"),
+                                  self.host_root)
+        except _Corrupt as err:
+            log.warning("container %s: %s", container_id[:12], err)
+            return ""
+        parent = document.get("CgroupParent") if document else None
+        if not isinstance(parent, str) or not parent:
+            return ""
+        return f"{parent}:docker:{container_id}" if parent.endswith(".slice") else f"{parent}/{container_id}"
 
     def pod_from_logs(self, pod_uid: str) -> Optional[ContainerMeta]:
         if self._pod_logs is None:
@@ -207,17 +235,41 @@ class RuntimeMetadata:
                 index[parts[2]] = (parts[0], parts[1], entry.path)
         return index
 
-    def docker_name(self, container_id: str) -> str:
-        """A plain docker container's name (`Name` without its leading slash), or its short id."""
-        if container_id not in self._docker_names:
+    def docker_name(self, container_id: str, user_uid: str = "") -> str:
+        """A plain docker container's name (`Name` without its leading slash), or its short id. user_uid: the uid
+        whose user manager holds the container's cgroup, for rootless docker, whose data root is in that user's home
+        (never the rootful store: a user cannot borrow a rootful container's name); "" for rootful."""
+        key = f"{user_uid}/{container_id}"
+        if key not in self._docker_names:
+            if user_uid:
+                home = self._home(user_uid)
+                path = os.path.join(home, DOCKER_ROOTLESS_CONTAINERS, container_id, "config.v2.json") if home else ""
+            else:
+                path = os.path.join(self.docker_containers(), container_id, "config.v2.json")
             try:
-                document = _read_json(self._path(DOCKER_CONTAINERS, container_id, "config.v2.json"), self.host_root)
+                document = _read_json(path, self.host_root) if path else None
             except _Corrupt:
                 document = None
             name = document.get("Name") if document else None
             found = name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
-            self._docker_names[container_id] = found
-        return self._docker_names[container_id]
+            self._docker_names[key] = found
+        return self._docker_names[key]
+
+    def docker_containers(self) -> str:
+        """Docker's containers directory: `<data-root>/containers`, with the data root dockerd's configuration file
+        sets (docs/runtimes-and-cgroups.md section 10), else var/lib/docker; always under the host root."""
+        if self._docker_containers is None:
+            try:
+                config = _read_json(self._path(DOCKER_DAEMON_JSON), self.host_root)
+            except _Corrupt as err:
+                log.warning("docker: %s", err)
+                config = None
+            root = config.get("data-root") if config else None
+            if isinstance(root, str) and root.startswith("/") and os.path.normpath(root) != "/":
+                self._docker_containers = self._path(os.path.normpath(root).lstrip("/"), "containers")
+            else:
+                self._docker_containers = self._path(DOCKER_CONTAINERS)
+        return self._docker_containers
 
     def podman_name(self, container_id: str, user_uid: str = "") -> str:
         """A podman container's name, or its short id. user_uid: the uid whose user manager holds the container's
@@ -282,6 +334,13 @@ class RuntimeMetadata:
         except OSError:
             pass
         return ""
+
+
+def _cgroups_path(spec: dict[str, Any]) -> str:
+    """An OCI spec's linux.cgroupsPath; "" when absent."""
+    linux = spec.get("linux")
+    path = linux.get("cgroupsPath") if isinstance(linux, dict) else None
+    return path if isinstance(path, str) else ""
 
 
 def _storage_name(entry: Any) -> Optional[tuple[str, str]]:
