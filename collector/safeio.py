@@ -227,23 +227,26 @@ def _constant(name: str) -> Any:
 
 # Each number through a check (ints and floats alike cost about what the C parser's own conversion does)
 _DECODER = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_constant)
+_NONFINITE_DECODER = json.JSONDecoder(parse_int=_int)
 
 
-def parse_json(raw: bytes, what: str = "") -> Any:
+def parse_json(raw: bytes, what: str = "", *, finite: bool = True) -> Any:
     """The JSON value of raw: at most MAX_JSON_DEPTH deep, integers of at most MAX_INT_DIGITS digits, finite numbers
-    only. Raises Refused, which says why (what: the file's name, for the message)."""
+    only (finite=False: NaN, Infinity and overflowing floats are let through, for a reader that checks each value
+    itself, as the state's does). Raises Refused, which says why (what: the file's name, for the message)."""
     where = f"{what}: " if what else ""
     if not _depth_within(raw, MAX_JSON_DEPTH):
         raise Refused(f"{where}not JSON this collector reads: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return _DECODER.decode(raw.decode("utf-8"))
+        return (_DECODER if finite else _NONFINITE_DECODER).decode(raw.decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the callbacks' refusals
         raise Refused(f"{where}not JSON: {err}") from None
 
 
-def read_json(path: str, limit: int, *, root: Optional[str] = None, follow_last: bool = False) -> Any:
+def read_json(path: str, limit: int, *, root: Optional[str] = None, follow_last: bool = False,
+              finite: bool = True) -> Any:
     """read() and parse_json() in one. Raises FileNotFoundError or Refused."""
-    return parse_json(read(path, limit, root=root, follow_last=follow_last), path)
+    return parse_json(read(path, limit, root=root, follow_last=follow_last), path, finite=finite)
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")

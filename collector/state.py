@@ -65,7 +65,8 @@ def load(state_dir: str) -> State:
     its own file replaces the bad one."""
     path = os.path.join(state_dir, STATE_FILE)
     try:
-        raw = safeio.read_json(path, MAX_STATE_BYTES)
+        # non-finite numbers are judged field by field below (a bad last_success costs no counters)
+        raw = safeio.read_json(path, MAX_STATE_BYTES, finite=False)
     except FileNotFoundError:
         return State()
     except safeio.Refused as err:

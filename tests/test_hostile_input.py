@@ -235,13 +235,11 @@ def test_a_state_file_of_100000_brackets_starts_afresh(host: Host) -> None:
 
 @pytest.mark.parametrize(("value", "why"), [
     ("1" + "0" * 400, "an integer of 401 digits"),  # float() of it raised OverflowError
-    ("-Infinity", "non-finite"),
-    ("NaN", "non-finite"),
-    ("1e999", "out of range"),
 ])
 def test_a_state_file_with_an_absurd_number_starts_afresh(host: Host, value: str, why: str) -> None:
     """Reproduction: `"last_success": 1000...0` (401 digits) made float() raise OverflowError outside the
-    collection's error handling (a traceback, exit 1); `-Infinity`, `NaN` and `1e999` were taken as times."""
+    collection's error handling (a traceback, exit 1). (A non-finite number is the state's own checks' to judge,
+    field by field: tests/test_hostile_series.py.)"""
     host.tree.add_process(100)
     host.state_dir.mkdir()
     (host.state_dir / "state.json").write_text(f'{{"version": 2, "last_success": {value}}}')
