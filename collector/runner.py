@@ -120,11 +120,14 @@ class Watchdog:
             os._exit(EXIT_DEADLINE)
 
 
-def one_collection(settings: Settings, previous: state.State, session: Optional[nvml.Session] = None,
+def one_collection(settings: Settings, previous: Optional[state.State], session: Optional[nvml.Session] = None,
                    series: Optional[SeriesCache] = None) -> tuple[int, state.State]:
     """Collects, publishes and saves the state; returns the exit code and the state to carry on with. The
-    long-running mode passes what it keeps between collections: its NVML session and its rendered series."""
-    with Watchdog(settings.deadline, settings, previous) as watchdog:
+    long-running mode passes what it keeps between collections: its NVML session and its rendered series.
+    previous None: the state file is read first, under the deadline like the rest of the run."""
+    with Watchdog(settings.deadline, settings, previous or state.State()) as watchdog:
+        if previous is None:
+            previous = watchdog.previous = state.load(settings.state_dir)
         outcome = collect(settings, previous, session=session, series=series)
         code = watchdog.publish(outcome.text)
     if code != EXIT_OK:
@@ -149,7 +152,7 @@ def run_once(settings: Settings) -> int:
         return EXIT_LOCKED
     try:
         remove_leftovers(settings)
-        code, _ = one_collection(settings, state.load(settings.state_dir))
+        code, _ = one_collection(settings, None)
         return code
     finally:
         lock.release()
@@ -242,7 +245,7 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
     tune_gc()
     session = nvml.Session(long_running=True)
     series = SeriesCache()
-    previous = state.load(settings.state_dir)
+    previous: Optional[state.State] = None  # read by the first collection, under its deadline
     ready = False
     try:
         while not signals.stop.is_set():
