@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, Optional
 
 from collector import safeio
-from collector.model import EMPTY
+from collector.model import EMPTY, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ def _strings(mapping: Any, keys: tuple[str, str, str, str]) -> Optional[tuple[st
     pod, namespace, uid, container = (mapping.get(k) for k in keys)
     if not isinstance(pod, str) or not isinstance(namespace, str) or not pod or not namespace:
         return None
-    return pod, namespace, uid if isinstance(uid, str) else "", container if isinstance(container, str) else ""
+    # names made safe before they are kept (in this run's cache and the state): bounded, never two as one
+    return (safe_name(pod), safe_name(namespace), uid if isinstance(uid, str) else "",
+            safe_name(container) if isinstance(container, str) else "")
 
 
 class RuntimeMetadata:
@@ -251,7 +253,7 @@ class RuntimeMetadata:
             except _Corrupt:
                 document = None
             name = document.get("Name") if document else None
-            found = name.lstrip("/") if isinstance(name, str) and name.strip("/") else container_id[:12]
+            found = safe_name(name.lstrip("/")) if isinstance(name, str) and name.strip("/") else container_id[:12]
             self._docker_names[key] = found
         return self._docker_names[key]
 
@@ -349,11 +351,11 @@ def _storage_name(entry: Any) -> Optional[tuple[str, str]]:
         return None
     names = entry.get("names")
     if isinstance(names, list) and names and isinstance(names[0], str) and names[0]:
-        return entry["id"], names[0]
+        return entry["id"], safe_name(names[0])
     raw = entry.get("metadata")
     try:
         metadata = safeio.parse_json(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else None
     except safeio.Refused:
         return None
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    return (entry["id"], name) if isinstance(name, str) and name else None
+    return (entry["id"], safe_name(name)) if isinstance(name, str) and name else None

@@ -305,3 +305,26 @@ def test_ordinary_arguments_are_not_redacted(args: list[str]) -> None:
 def test_a_port_after_p_is_hidden_as_a_password_would_be() -> None:
     """`-p` is mysql's password and ssh's port: the label cannot tell them apart, so it hides both."""
     assert redact_args(["ssh", "-p", "2222", "host"]) == ["ssh", "-p", REDACTED, "host"]
+
+
+def test_a_huge_pod_name_in_a_runtime_file_is_kept_cut_in_the_state(host: Host) -> None:
+    """Reproduction: a pod whose runtime file names it with 200,000 characters (a name a CRI-O annotation or a
+    rootless store could carry). The container's pod is remembered in the state from one run to the next; it was
+    remembered whole, so a name near the state's size cap made the state unreadable on the next run, which then
+    started every counter afresh. The runtime's names are made safe where they are read: the state holds the cut
+    name with its hash suffix, and the label is the same cut name."""
+    k8s = PodHost(host.tree)
+    name = "p" * 200_000
+    pod = k8s.add_pod("tenant", "big", write_metadata=False)
+    bundle = k8s.write_metadata(pod, pod.containers[0])
+    spec = json.loads(bundle.read_text())
+    spec["annotations"]["io.kubernetes.cri.sandbox-name"] = name
+    bundle.write_text(json.dumps(spec))
+    k8s.add_process(7100, pod)
+    result = host.run(scenario([Gpu(0, compute=[proc(7100, GIB)])]))
+    assert result.returncode == 0, result.stderr
+    [(labels, _)] = result.series("gpu_process_memory_bytes")
+    assert labels["pod"] == safe_name(name) and len(labels["pod"]) <= MAX_LABEL_CHARS
+    state = json.loads((host.state_dir / "state.json").read_text())
+    assert name not in json.dumps(state)
+    assert safe_name(name) in json.dumps(state)
