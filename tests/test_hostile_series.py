@@ -324,7 +324,8 @@ def test_a_huge_pod_name_in_a_runtime_file_is_kept_cut_in_the_state(host: Host) 
     result = host.run(scenario([Gpu(0, compute=[proc(7100, GIB)])]))
     assert result.returncode == 0, result.stderr
     [(labels, _)] = result.series("gpu_process_memory_bytes")
-    assert labels["pod"] == safe_name(name) and len(labels["pod"]) <= MAX_LABEL_CHARS
+    assert labels["pod"] == safe_name(name)
+    assert len(labels["pod"]) <= MAX_LABEL_CHARS
     state = json.loads((host.state_dir / "state.json").read_text())
     assert name not in json.dumps(state)
     assert safe_name(name) in json.dumps(state)
