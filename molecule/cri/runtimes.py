@@ -107,6 +107,7 @@ def start(answers_path: str) -> int:
 
     sh("podman", *RUN, "-d", "--name", "vllm", IMAGE, "sh", "-c", CHILD)
     # --cgroups=split: the unit's main process is podman itself (no -d), conmon and the container under the unit.
+    sh("systemctl", "reset-failed", "gpc-split.service", check=False)  # a previous run's, failed once it ended
     sh("systemd-run", "--unit", "gpc-split.service", "-p", "Delegate=yes", "podman", *RUN, "--cgroups=split",
        "--name", "quadlet", IMAGE, "sleep", "3600")
     # Rootless: podman's default manager for a rootless user on cgroup v1 is cgroupfs, which it cannot use there
@@ -142,6 +143,7 @@ def start(answers_path: str) -> int:
 def remove() -> int:
     sh("podman", "rm", "-f", "-i", "-t", "0", "vllm", "quadlet", check=False)
     sh("systemctl", "stop", "gpc-split.service", check=False)
+    sh("systemctl", "reset-failed", "gpc-split.service", check=False)  # failed once podman's container is gone
     sh(*as_user("podman", "rm", "-f", "-i", "-t", "0", "notebook"), check=False)
     sh("docker", "rm", "-f", "trainer", check=False)
     return 0
