@@ -8,7 +8,8 @@ Every listed process must have one gpu_process_memory_bytes series whose pod, na
 and owner are the runtime's; no series may be of another process; each process must sit where its runtime put
 it: a CRI container in the systemd driver's expansion of its recorded cgroupsPath, a podman or Docker container
 in its cgroup path (in the hierarchies systemd keeps: name=systemd and the unified one, which is where rootless
-podman's container stays, in the scope it was started in).
+podman's container stays, in the scope it was started in). No device memory may be left unattributed and no
+runtime file missed (gpu_proc_collector_metadata_misses).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(textfile: str, *answers_paths: str) -> int:
                 series.setdefault(sample.labels["pid"], []).append(dict(sample.labels))
             if sample.name == "gpu_device_unattributed_memory_bytes" and sample.value:
                 problems.append(f"memory no process accounts for: {sample.labels} {sample.value}")
+            if sample.name == "gpu_proc_collector_metadata_misses" and sample.value:
+                problems.append(f"runtime files the collector missed: {sample.labels} {sample.value}")
     for pid, answer in sorted(answers.items()):
         found = series.get(pid, [])
         if len(found) != 1:
