@@ -19,5 +19,5 @@ echo "== ansible-lint"; ansible-lint --nocolor
 echo "== molecule";     molecule test                  # timer and service modes on Debian 11, 12, 13, Ubuntu 22.04, 24.04 guests
 echo "== molecule";     molecule test -s collection    # the built collection, by its full name
 echo "== molecule";     molecule test -s rollout       # three guests, the second without NVML: the rollout stops
-echo "== molecule";     molecule test -s cri           # pods a real containerd makes through CRI, systemd cgroup driver
+echo "== molecule";     molecule test -s cri           # containerd (CRI), podman, Docker: systemd drivers, under the unit
 echo "== pytest";       python -m pytest "$@"

@@ -92,12 +92,15 @@ own_cgroup() {
 #   mount rootfs component &{overlay overlay [index=off workdir=...]}: invalid argument"): /var/lib/containerd is
 #   a directory of the host's, bound in.
 # runc then makes the container's cgroups in the host's controller hierarchies (kubepods.slice/...); the ones
-# this guest created are removed at destroy.
+# this guest created are removed at destroy. The host's downloaded packages are bound read-only at
+# /run/gpc-host-archives, for the guest to install the runtimes from (molecule/cri/prepare.yml).
 runtime_args() {
     local dir="$1"
     mkdir -p "$dir/containerd"
+    local archives=""
+    [ ! -d /var/cache/apt/archives ] || archives=--bind-ro=/var/cache/apt/archives:/run/gpc-host-archives
     echo --bind=/sys/fs/cgroup:/opt/host-cgroup --bind="$dir/containerd:/var/lib/containerd" \
-        --system-call-filter=@keyring --capability=CAP_NET_ADMIN
+        --system-call-filter=@keyring --capability=CAP_NET_ADMIN $archives
 }
 
 runtime_guest() {
@@ -119,9 +122,13 @@ WantedBy=sysinit.target
 UNIT
     mkdir -p "$root/etc/systemd/system/sysinit.target.wants"
     ln -sf ../gpc-host-cgroup.service "$root/etc/systemd/system/sysinit.target.wants/gpc-host-cgroup.service"
-    # The kubepods trees a runtime in this guest will make in the host's controller hierarchies, where none is yet.
+    # The trees the runtimes in this guest will make in the host's controller hierarchies, where none is yet:
+    # containerd's pods (kubepods.slice), podman's containers (machine.slice), Docker's (system.slice).
+    local top
     for mount in /sys/fs/cgroup/*/; do
-        [ -L "${mount%/}" ] || [ -e "${mount}kubepods.slice" ] || echo "${mount}kubepods.slice" >>"$dir/runtime-cgroups"
+        for top in kubepods.slice machine.slice system.slice; do
+            [ -L "${mount%/}" ] || [ -e "$mount$top" ] || echo "$mount$top" >>"$dir/runtime-cgroups"
+        done
     done
 }
 
