@@ -50,7 +50,6 @@ _RUNTIME_SEGMENT = re.compile(r"(?P<runtime>cri-containerd|crio|docker|libpod)-(
 _VERBATIM_SEGMENT = re.compile(r"[^:]*:(?P<runtime>cri-containerd|crio|docker|libpod):(?P<container_id>" + H64 + ")")
 _PAYLOAD_SEGMENT = re.compile(r"libpod-payload-(?P<container_id>" + H64 + ")")
 _BARE_ID = re.compile(H64)
-_PODMAN_PID_SCOPE = re.compile(r"podman-\d+\.scope")  # old rootless podman: podman-<pid>.scope/<id>
 _USER_SLICE = re.compile(r"user-(?P<uid>\d+)\.slice")
 _USER_MANAGER = re.compile(r"user@(?P<uid>\d+)\.service")
 _SLURMSTEPD = re.compile(r"(?:[^/]+_)?slurmstepd\.scope")
@@ -276,8 +275,11 @@ def _payload(walk: _Walk, unit: int, user_uid: str = "") -> Optional[CgroupOwner
 
 def _rootless(walk: _Walk, manager: int, uid: str) -> Optional[CgroupOwner]:
     """A container below user@<uid>.service only where rootless podman (or rootless docker) puts it: slices of the
-    user's manager, then `libpod-<id>.scope` / `docker-<id>.scope`; a unit's split payload (Quadlet); or podman
-    1.x's `podman-<pid>.scope/<id>`."""
+    user's manager, then `libpod-<id>.scope` / `docker-<id>.scope`; a unit's split payload (Quadlet); or the
+    `<scope>/<id>` that rootless podman's conmon makes in name=systemd on cgroup v1, where podman has no cgroup of
+    its own (podman 1.x: `podman-<pid>.scope/<id>`; podman 4 started in a scope of the user's manager:
+    `<unit>.scope/<id>`, docs/runtimes-and-cgroups.md section 11). The user names only their own containers: the
+    name comes from that user's own store."""
     seg, n = walk.segments, len(walk.segments)
     i = manager + 1
     while i < n and seg[i].endswith(".slice"):
@@ -289,7 +291,7 @@ def _rootless(walk: _Walk, manager: int, uid: str) -> Optional[CgroupOwner]:
         return found
     if seg[i].endswith(".service"):
         return _payload(walk, i, uid)
-    if _PODMAN_PID_SCOPE.fullmatch(seg[i]) and i + 1 < n and _BARE_ID.fullmatch(seg[i + 1]):
+    if seg[i].endswith(".scope") and i + 1 < n and _BARE_ID.fullmatch(seg[i + 1]):
         return walk.owner(OwnerKind.PODMAN, i + 1, container_id=seg[i + 1], runtime="podman", user_uid=uid)
     return None
 

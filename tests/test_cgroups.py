@@ -229,6 +229,15 @@ def test_podman_old_rootless_pid_scope() -> None:
     same(text, container("podman", PODMAN_ID, "podman", user_uid="1000"))
 
 
+def test_podman_4_rootless_in_a_scope_of_the_users_manager_on_cgroup_v1() -> None:
+    # podman 4.3 rootless on a hybrid host, started with `systemd-run --user --scope`: no cgroup of its own in the
+    # unified hierarchy (the user's scope) or the v1 controllers (/), conmon's <scope>/<id> in name=systemd (seen
+    # with real podman under the role's unit, docs/runtimes-and-cgroups.md section 11)
+    scope = "/user.slice/user-1000.slice/user@1000.service/app.slice/gpc-notebook.scope"
+    text = f"9:name=systemd:{scope}/{PODMAN_ID}\n4:memory:/\n0::{scope}\n"
+    same(text, container("podman", PODMAN_ID, "podman", user_uid="1000"))
+
+
 def test_podman_conmon_scope_is_not_the_container() -> None:
     same(f"0::/machine.slice/libpod-conmon-{PODMAN_ID}.scope\n", CgroupOwner(kind="host"))
 

@@ -12,9 +12,9 @@ within the caller's, no network):
 - `quadlet`: rootful podman with --cgroups=split, run by a transient unit with Delegate=yes;
 - `notebook`: rootless podman of the unprivileged user prepare.yml made, started in a scope of that user's own
   systemd manager. On cgroup v1 rootless podman makes no cgroup of its own in the unified hierarchy: its
-  container stays in the scope it was started in (`podman inspect` records that scope as its CgroupPath), which
-  names the user and no container, so the owner the runtime's answers imply is the user's (owner_kind host,
-  owner user-<uid>), whatever name podman gave it;
+  container stays in the scope it was started in (`podman inspect` records that scope as its CgroupPath), and its
+  conmon makes `<scope>/<id>` in name=systemd, which names the container; the unit reads its name from the user's
+  own store (converge.yml lists the user in gpu_proc_collector_rootless_users);
 - `trainer`: Docker, systemd cgroup driver (prepare.yml's daemon.json).
 """
 
@@ -100,7 +100,6 @@ def answer(pid: int, owner: tuple[str, str], runtime: str, inspected: dict[str, 
 def start(answers_path: str) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     tar = image_tar()
-    uid = pwd.getpwnam(USER).pw_uid
     sh("podman", "import", str(tar), IMAGE)
     sh("docker", "import", str(tar), DOCKER_IMAGE)
     sh(*as_user("podman", "import", str(tar), IMAGE))
@@ -131,7 +130,7 @@ def start(answers_path: str) -> int:
     # podman records the scope the container stayed in (its unified path); its conmon made one more cgroup in
     # the name=systemd hierarchy below it, named by the container's id (compare.py accepts either).
     answers[str(notebook["State"]["Pid"])] = answer(
-        notebook["State"]["Pid"], ("host", f"user-{uid}"), "rootless podman", notebook,
+        notebook["State"]["Pid"], ("podman", notebook["Name"]), "rootless podman", notebook,
         notebook["State"]["CgroupPath"])
     answers[str(trainer["State"]["Pid"])] = answer(
         trainer["State"]["Pid"], ("docker", trainer["Name"].lstrip("/")), "docker", trainer,
