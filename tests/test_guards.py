@@ -9,6 +9,7 @@ NVML read itself.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from collector.allocation import History
 from collector.attribution import AttributionSettings, Attributor
 from collector.model import Device, DeviceActivity, GpuProcess, HostProcess, MigInfo, NvmlSnapshot, Owner, ProcessRecord
 from collector.settings import Settings
-from collector.state import State
+from collector.state import STATE_VERSION, State
+from collector.textfile import WriteError, atomic_write
 from tests.conftest import REPO, Host, samples
 from tests.podsim import PodHost, pod_resources_server
 from tests.simhost import BTIME, CLOCK_TICKS, GIB, H100, H100_MEMORY, Gpu, HostTree, gpu_uuid, proc, scenario
@@ -354,3 +356,74 @@ def _stamps(document: Any) -> Iterator[int]:
         elif isinstance(item, int) and not isinstance(item, bool):
             yield item
 
+
+
+# ---- GPM values (collector/nvml.py _gpm_metrics) ----
+
+GPM_FAMILIES = ("gpu_device_sm_utilization_percent", "gpu_device_sm_occupancy_percent",
+                "gpu_device_tensor_active_percent", "gpu_device_dram_bandwidth_utilization_percent")
+
+
+def test_gpm_values_outside_0_to_100_and_metrics_with_their_own_error_are_left_out(host: Host) -> None:
+    """SM utilisation 150 % and tensor activity -1 % are no percentages; occupancy comes with its own error (and a
+    0 that means nothing): none of the three is reported, never a made-up number. DRAM bandwidth, 30 %, is."""
+    gpm = {"supported": True, "sm_util": 150.0, "any_tensor_util": -1.0, "dram_bw_util": 30.0,
+           "metric_errors": {"3": "NVML_ERROR_NOT_SUPPORTED"}}
+    result = host.run(scenario([Gpu(0, gpm=gpm)]))
+    assert result.returncode == 0, result.stderr
+    found = {name: v for name in GPM_FAMILIES for labels, v in result.series(name) if labels["gpu"] == "0"}
+    assert found == {"gpu_device_dram_bandwidth_utilization_percent": 30.0}
+
+
+# ---- the state file's entries (collector/state.py load) ----
+
+def test_state_entries_of_the_wrong_type_are_left_out_and_the_run_goes_on(host: Host) -> None:
+    """A state file of this version whose last-seen timestamp, last-activity time, an owner's counter and a GPU's
+    energy reading are text, and whose pod of a container is cut short: those entries are left out one by one
+    (the run reads the last minute's samples, the idle time starts now), not a crashed run."""
+    host.tree.add_process(3510)
+    host.state_dir.mkdir()
+    gpu = gpu_uuid(0)
+    (host.state_dir / "state.json").write_text(json.dumps({
+        "version": STATE_VERSION, "last_success": time.time() - 30, "last_seen_us": {gpu: "soon"},
+        "last_active": {f"{gpu}/3510/{BTIME + START_TICKS / CLOCK_TICKS:.2f}": "yesterday"},
+        "containers": {"0" * 64: ["ml", "train"]},
+        "accounting": {"owners": [["pod", "ml/a", "ml", "a", "lots", 0, 0, 0, 0]], "energy_mj": {gpu: "x"}}}))
+    result = host.run(scenario([Gpu(0, compute=[proc(3510)], samples=[{"pid": 3510, "age_s": 5, "sm": 60}])]))
+    assert result.returncode == 0, result.stderr
+    assert result.value("gpu_process_utilization", pid="3510") == 60
+    assert "Traceback" not in result.stderr
+
+
+def test_an_entry_stamped_after_the_run_began_and_before_the_read_counts(host: Host) -> None:
+    """The stand-in stamps this entry when the run loads NVML, after the run took its own time: the driver took
+    it while the run was reading, it is real (under CPUQuota= a run's reads can take long enough). Only entries
+    stamped after the read itself are in the future."""
+    host.tree.add_process(3520)
+    result = host.run(scenario([Gpu(0, compute=[proc(3520)], samples=[{"pid": 3520, "age_s": 0, "sm": 65}])]))
+    assert result.returncode == 0, result.stderr
+    assert result.value("gpu_process_utilization", pid="3520") == 65
+
+
+# ---- the atomic write's temporary file (collector/textfile.py) ----
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path: Path, link: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is created new (O_EXCL; O_NOFOLLOW besides): with its random part made predictable and
+    a link waiting at every name it can take, the write fails, and the link's target is untouched (a directory
+    writable by others, or a second writer, cannot redirect the write). A hard link is what O_EXCL alone stops."""
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me\n")
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x00" * n)
+    planted = directory / f".gpu_processes.prom.{'00' * 6}.tmp"
+    if link == "symbolic":
+        planted.symlink_to(target)
+    else:
+        os.link(target, planted)
+    with pytest.raises(WriteError):
+        atomic_write(str(directory / "gpu_processes.prom"), b"# new\n")
+    assert target.read_text() == "keep me\n"
+    assert not (directory / "gpu_processes.prom").exists()
