@@ -427,3 +427,80 @@ def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path:
         atomic_write(str(directory / "gpu_processes.prom"), b"# new\n")
     assert target.read_text() == "keep me\n"
     assert not (directory / "gpu_processes.prom").exists()
+
+
+# ---- accounting's bounds (collector/accounting.py) ----
+
+def _held_record(pid: int, *, start: float, busy: float | None = None, sm: float = 0.0) -> ProcessRecord:
+    gpu = GpuProcess(pid=pid, device=whole_gpu(), used_memory=GIB, sm_utilization=sm, active=sm > 0,
+                     sm_busy_seconds=busy, window_start=None if busy is None else NOW - 60)
+    return ProcessRecord(gpu=gpu, host=HostProcess(pid=pid, name="python3", start_time=start, cgroup=""),
+                         owner=Owner(kind="pod", name="ml/train", pod="train", namespace="ml"))
+
+
+def _one_minute(records: list[ProcessRecord], previous: accounting.Ledger | None = None) -> accounting.Ledger:
+    return accounting.account(previous or accounting.Ledger(), records, [f"k{i}" for i in range(len(records))], {},
+                              {}, last_success=NOW - 60, now=NOW, nominal_interval=60)
+
+
+def test_one_owners_processes_on_one_gpu_hold_it_once() -> None:
+    """Two processes of ml/train on GPU 0 for the whole minute: 60 GPU seconds, not 120."""
+    ledger = _one_minute([_held_record(100, start=0.0), _held_record(101, start=0.0)])
+    assert ledger.owners[TRAIN].gpu_seconds == 60.0
+
+
+def test_busy_seconds_are_bounded_by_the_time_the_process_existed() -> None:
+    """The long-running mode's integral says 90 busy seconds in a one-minute interval, for a process that started
+    20 s ago: it counts 20, never more than the time it held the GPU."""
+    ledger = _one_minute([_held_record(100, start=NOW - 20, busy=90.0)])
+    assert ledger.owners[TRAIN].sm_seconds == 20.0
+
+
+def test_a_process_that_starts_after_now_adds_nothing_never_less() -> None:
+    """/proc's start time can lie ahead of the run's clock (the clock stepped back since the process started):
+    the process held the GPU for no part of the interval, and no counter goes down."""
+    ledger = _one_minute([_held_record(100, start=NOW + 30, sm=50.0)])
+    usage = ledger.owners[TRAIN]
+    assert (usage.gpu_seconds, usage.sm_seconds, usage.memory_byte_seconds) == (0.0, 0.0, 0.0)
+
+
+def test_the_unattributed_counter_is_never_dropped_for_age() -> None:
+    """Owners unseen for an hour are dropped; `unattributed`, which no process ever refreshes on a GPU-less hour,
+    stays, so its counter never restarts from 0."""
+    old = accounting.Ledger(owners={accounting.UNATTRIBUTED_KEY: accounting.OwnerUsage(energy_joules=5.0,
+                                                                                      last_seen=NOW - 7200),
+                                    TRAIN: accounting.OwnerUsage(energy_joules=1.0, last_seen=NOW - 7200)})
+    ledger = _one_minute([], old)
+    assert set(ledger.owners) == {accounting.UNATTRIBUTED_KEY}
+    assert ledger.owners[accounting.UNATTRIBUTED_KEY].energy_joules == 5.0
+
+
+def test_busy_seconds_over_a_processs_lifetime_are_at_most_100_percent(tmp_path: Path) -> None:
+    """The long-running mode's 90 busy seconds in a 60 s window: the process's utilisation is capped at 100 %."""
+    tree = HostTree(tmp_path / "host")
+    tree.add_process(120, "python3")
+    gpu = whole_gpu()
+    busy = GpuProcess(pid=120, device=gpu, used_memory=GIB, sm_utilization=100.0, active=True, sm_busy_seconds=90.0,
+                      window_start=NOW - 60)
+    found = collect(tree, tmp_path, NvmlSnapshot(driver_version="580.95.05", devices=(gpu,), processes=(busy,),
+                                                 failed_gpus=(), listed_at=NOW))
+    assert [v for labels, v in found["gpu_process_utilization"] if labels["pid"] == "120"] == [100.0]
+
+
+# ---- a GPU not read this run keeps its last-seen timestamps (collector/run.py) ----
+
+def test_a_gpu_that_failed_for_a_run_does_not_count_its_old_entries_again(host: Host) -> None:
+    """GPU 1's process was 40 % busy in an entry the first run read. The second run loses GPU 1; the third reads
+    it again, with no newer entry: 0 %, not the old entry once more, which a forgotten timestamp would read."""
+    for pid in (831, 832):
+        host.tree.add_process(pid)
+    stamp = _at(time.time() - 5)
+
+    def gpus(lost: bool) -> dict[str, Any]:
+        return scenario([Gpu(0, compute=[proc(831)], samples=[{"pid": 831, "timestamp_us": stamp, "sm": 30}]),
+                         Gpu(1, compute=[proc(832)], samples=[{"pid": 832, "timestamp_us": stamp, "sm": 40}],
+                             errors={"*": "NVML_ERROR_GPU_IS_LOST"} if lost else {})])
+
+    assert _utilisation(host.run(gpus(lost=False)), 832) == 40
+    assert host.run(gpus(lost=True)).value("gpu_proc_collector_gpu_up", gpu="1") == 0
+    assert _utilisation(host.run(gpus(lost=False)), 832) == 0
