@@ -345,9 +345,10 @@ def _utilisation(pynvml: Any, handle: Any, since_us: int) -> dict[str, Any]:
     except Exception as err:
         answer["size_query"] = {"error": _nvml_error(err)}
     try:
+        raw = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
+        answer["answered_us"] = int(time.time() * 1e6)  # each entry's age is measured from here
         answer["samples"] = [{"pid": int(s.pid), "ts_us": int(s.timeStamp), "sm": int(s.smUtil),
-                              "mem": int(s.memUtil)}
-                             for s in pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)]
+                              "mem": int(s.memUtil)} for s in raw]
     except Exception as err:
         answer["error"] = _nvml_error(err)
     try:
@@ -389,18 +390,41 @@ HOME_PATHS = ("/home", "/root", "/run/user")  # what ProtectHome= hides
 TMP_PATHS = ("/tmp", "/var/tmp")  # what PrivateTmp= replaces
 
 
+SERVICE_MODE = "{% if gpu_proc_collector_mode == 'service' %}"  # the template's one branch on the mode
+RESTART_KEYS = ("Restart", "RestartSec", "RestartPreventExitStatus", "RestartForceExitStatus", "RestartSteps",
+                "RestartMaxDelaySec", "RestartMode")
+
+
 def unit_properties(template: str) -> tuple[list[str], list[str]]:
-    """The [Service] settings of the unit template that are plain Key=value (no Jinja), in order, and the lines
-    skipped (templated ones, and ExecStart*: systemd-run supplies the command)."""
+    """The [Service] settings of the unit template's timer mode that are plain Key=value (no Jinja), in order, and
+    the lines skipped (templated ones, the long-running mode's, and ExecStart*: systemd-run supplies the command).
+    Whatever the template says, the run gets Restart=no: a transient unit that restarts on failure would never let
+    `systemd-run --wait` return, and the check would report a timeout instead of the collector's exit and log."""
     props: list[str] = []
     skipped: list[str] = []
     section = ""
     pending = ""
+    branches: list[bool] = []  # per open {% if %}: whether its current branch is taken (the timer mode's)
+    comment = False
     for raw in template.splitlines():
         line = pending + raw.strip()
         pending = ""
+        if comment or line.startswith("{#"):
+            comment = "#}" not in line
+            continue
         if line.endswith("\\"):
             pending = line[:-1].rstrip() + " "
+            continue
+        if line.startswith("{%"):
+            tag = line.strip("{%-+ }").split()[0] if line.strip("{%-+ ") else ""
+            if tag == "if":
+                branches.append(line.replace(" ", "") != SERVICE_MODE.replace(" ", ""))
+            elif tag in ("else", "elif") and branches:
+                branches[-1] = not branches[-1] if tag == "else" else branches[-1]
+            elif tag == "endif" and branches:
+                branches.pop()
+            if section == "Service":
+                skipped.append(line)
             continue
         if not line or line.startswith(("#", ";")):
             continue
@@ -409,15 +433,13 @@ def unit_properties(template: str) -> tuple[list[str], list[str]]:
             continue
         if section != "Service":
             continue
-        if "{{" in line or "{%" in line or "{#" in line or "=" not in line:
-            skipped.append(line)
-            continue
         key = line.split("=", 1)[0].strip()
-        if key.startswith("ExecStart"):
+        if not all(branches) or "{{" in line or "=" not in line or key.startswith("ExecStart") \
+                or key in RESTART_KEYS:
             skipped.append(line)
             continue
         props.append(line)
-    return props, skipped
+    return [*props, "Restart=no"], skipped
 
 
 def _under(path: str, roots: Iterable[str]) -> bool:
@@ -442,7 +464,7 @@ def sandbox_command(props: Sequence[str], *, python: str, state: str, textfile: 
     for path in binds:
         props.append(f"BindReadOnlyPaths={path}")
         notes.append(f"BindReadOnlyPaths={path} (the checkout, its Python or the stand-in lies where the unit hides)")
-    cmd = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", f"--unit={unit}"]
+    cmd = [systemd_tool("systemd-run"), "--wait", "--pipe", "--quiet", "--collect", f"--unit={unit}"]
     cmd += [f"--setenv={k}={v}" for k, v in {"PYTHONPATH": str(REPO), **(env or {})}.items()]
     for prop in [*props, f"ReadWritePaths={state} {textfile}", "TimeoutStartSec=90"]:
         cmd += ["-p", prop]
@@ -452,6 +474,26 @@ def sandbox_command(props: Sequence[str], *, python: str, state: str, textfile: 
 
 def systemd_is_pid1() -> bool:
     return os.path.isdir("/run/systemd/system")  # sd_booted()'s test
+
+
+# Tests run the sandbox step without systemd: DEVICE_CHECK_SYSTEMD names a directory holding stand-ins for
+# systemd-run and systemctl, which the step then uses whatever PID 1 is (tests/test_device_check.py).
+SYSTEMD_STAND_IN = "DEVICE_CHECK_SYSTEMD"
+
+
+def systemd_tool(name: str) -> str:
+    stand_in = os.environ.get(SYSTEMD_STAND_IN)
+    return os.path.join(stand_in, name) if stand_in else name
+
+
+def stop_unit(unit: str, env: dict[str, str]) -> list[str]:
+    """Stops the transient unit and clears its failed state, whatever happened to it (a timed-out systemd-run
+    leaves it running): what systemctl answered, for the log. A unit already gone answers 'not loaded'."""
+    said = []
+    for verb in ("stop", "reset-failed"):
+        res = _run([systemd_tool("systemctl"), verb, unit], env, 60)
+        said.append(f"systemctl {verb} {unit}: exit {res.returncode} {res.stderr.strip()}".rstrip())
+    return said
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -498,6 +540,7 @@ class Phase:
     busy: dict[str, tuple[float, int]]  # worker -> (duty, blocks; 0 = one block per SM)
     asserted: bool
     about: str
+    step: bool = False  # the busy workers pause halfway through the interval between the two collector runs
 
 
 PHASES = (
@@ -507,8 +550,15 @@ PHASES = (
           "busy100 runs ~100 % with ONE block of one warp: is per-process smUtil time or SM coverage?"),
     Phase("both", {"busy100": (1.0, 0), "busy30": (0.3, 0)}, False,
           "busy100 and busy30 at once: the GPU time-slices between their contexts"),
+    Phase("step", {"busy100": (1.0, 0)}, False,
+          "busy100 runs ~100 % for the first half of the interval, then pauses: ~100 says the one entry per process "
+          "is the newest sample, ~50 an average since lastSeenTimeStamp, 0 that nothing from before the pause came "
+          "back", step=True),
 )
-CORRUPTIONS = ("drop-pid", "util-off", "idle-active")
+GPM_SERIES = {"gpu_device_sm_utilization_percent": "sm_util", "gpu_device_sm_occupancy_percent": "sm_occupancy",
+              "gpu_device_tensor_active_percent": "tensor_active",
+              "gpu_device_dram_bandwidth_utilization_percent": "dram_bw_util"}
+CORRUPTIONS = ("drop-pid", "util-off", "idle-active", "gpm-off", "gpm-partial")
 
 
 class Worker:
@@ -577,6 +627,7 @@ class Collected:
     memory: dict[int, float] = field(default_factory=dict)
     dropped: float = 0.0
     error: str = ""
+    activity: dict[str, dict[str, float]] = field(default_factory=dict)  # gpu label -> GPM series -> value
 
 
 def parse_exposition(text: str, rc: int) -> Collected:
@@ -593,6 +644,8 @@ def parse_exposition(text: str, rc: int) -> Collected:
             pid = int(s.labels["pid"]) if s.labels.get("pid", "").isdigit() else None
             if s.name == "gpu_proc_collector_up":
                 result.up = s.value
+            elif s.name in GPM_SERIES:
+                result.activity.setdefault(s.labels.get("gpu", ""), {})[GPM_SERIES[s.name]] = s.value
             elif s.name == "gpu_proc_collector_processes_dropped":
                 result.dropped += s.value
             elif pid is None:
@@ -653,7 +706,10 @@ esac
         return {"LD_LIBRARY_PATH": str(FAKE_NVML), "FAKE_NVML_SCENARIO": str(self.scenario),
                 "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def write(self, workers: Sequence[Worker], busy: dict[str, tuple[float, int]], interval: float) -> None:
+    def write(self, workers: Sequence[Worker], busy: dict[str, tuple[float, int]], interval: float,
+              until: Optional[float] = None) -> None:
+        """The scenario for workers running as busy says. With until (a time), the busy ones stopped then: their
+        samples lie in the half interval before it (a step phase), and nothing is newer."""
         procs = []
         apps = []
         for w in workers:
@@ -669,15 +725,28 @@ esac
                 sm += 40
             if self.corrupt == "idle-active" and w.spec.name == "idle":
                 sm = 5
-            samples += [{"pid": w.pid, "age_s": age, "sm": sm, "mem": sm // 3} for age in ages if sm]
+            if until is None:
+                samples += [{"pid": w.pid, "age_s": age, "sm": sm, "mem": sm // 3} for age in ages if sm]
+            else:
+                samples += [{"pid": w.pid, "timestamp_us": int((until - age / 2) * 1e6), "sm": sm, "mem": sm // 3}
+                            for age in ages if sm]
         gib = 1 << 30
+        # GPM (an H200 has it): the SMs are as busy as the busiest worker keeps them, one block per SM.
+        sm_util = 0.0 if until is not None else max([duty * 100 for duty, _ in busy.values()], default=0.0)
+        gpm: dict[str, Any] = {"sm_util": sm_util, "sm_occupancy": sm_util / 64, "any_tensor_util": 0.0,
+                               "dram_bw_util": 0.0}
+        if self.corrupt == "gpm-partial":  # one of the four metrics fails: its series is missing
+            gpm["metric_errors"] = {"10": "NVML_ERROR_NOT_SUPPORTED"}
         device: dict[str, Any] = {"uuid": self.GPU_UUID, "name": "NVIDIA H200",
-                                  "memory": {"total": 143771 * MIB, "used": 4 * gib}, "mig": {"mode": 0}}
+                                  "memory": {"total": 143771 * MIB, "used": 4 * gib}, "mig": {"mode": 0},
+                                  "gpm": {"supported": True, **gpm}}
+        if self.corrupt == "gpm-off":  # supported, yet every sample fails: the collector reports no GPM series
+            device["errors"] = {"nvmlGpmSampleGet": "NVML_ERROR_UNKNOWN", "nvmlGpmMigSampleGet": "NVML_ERROR_UNKNOWN"}
         if self.mig:
             device["mig"] = {"mode": 1, "max_count": 7, "instances": [
                 {"slot": 0, "gpu_instance_id": 1, "compute_instance_id": 0, "uuid": self.MIG_UUID,
                  "profile": "1g.18gb", "memory": {"total": 18 * gib, "used": 2 * gib},
-                 "processes": {"compute": procs}}]}
+                 "processes": {"compute": procs}, "gpm": gpm}]}
         else:
             device["processes"] = {"compute": procs}
             device["process_samples"] = samples
@@ -827,6 +896,12 @@ class DeviceCheck:
         state.mkdir(parents=True, exist_ok=True)
         prime = self.collector(state, f"{phase.name}.prime")
         primed_at = time.monotonic()
+        if phase.step:
+            time.sleep(max(self.args.interval / 2 - (time.monotonic() - primed_at), 0.0))
+            for name in phase.busy:
+                self.workers[name].send("pause")
+            if self.stand_in:
+                self.stand_in.write(list(self.workers.values()), phase.busy, self.args.interval, until=time.time())
         time.sleep(max(self.args.interval - (time.monotonic() - primed_at), 0.0))
         measured = self.collector(state, f"{phase.name}.measure")
         interval = time.monotonic() - primed_at
@@ -865,16 +940,24 @@ class DeviceCheck:
             for s in util.get("samples", []):
                 by_pid.setdefault(s["pid"], []).append(s)
             names = {w.pid: n for n, w in self.workers.items()}
+            answered = util.get("answered_us", 0)
             for pid, entries in sorted(by_pid.items()):
                 stamps = sorted(e["ts_us"] for e in entries)
                 spacing = [(b - a) / 1000 for a, b in zip(stamps, stamps[1:])]
                 per_pid[names.get(pid, str(pid))] = {
                     "pid": pid, "entries": len(entries), "spacing_ms": [round(x, 1) for x in spacing],
+                    # every entry's age when the call answered: newest sample, or an older one?
+                    "age_ms": [round((answered - e["ts_us"]) / 1000, 1) for e in entries],
                     "sm": [e["sm"] for e in entries],
                     "sm_mean": round(statistics.mean(e["sm"] for e in entries), 1)}
+            newest = [max(e["ts_us"] for e in entries) for entries in by_pid.values()]
             record["probe"][where] = {"size_query": util.get("size_query"), "error": util.get("error"),
                                       "total_entries": len(util.get("samples", [])), "per_pid": per_pid,
-                                      "compute_processes": util.get("compute_processes")}
+                                      "compute_processes": util.get("compute_processes"),
+                                      # how far apart the PIDs' newest entries of one read lie (one lastSeen per
+                                      # GPU would hide a process whose entry is older than another's)
+                                      "newest_spread_ms": round((max(newest) - min(newest)) / 1000, 1)
+                                      if newest else None}
         return record
 
     def assert_phase(self, phase: Phase, prime: Collected, measured: Collected,
@@ -900,27 +983,50 @@ class DeviceCheck:
             self.assert_busy(phase, name, duty, measured)
         if phase.name == "full":
             self.assert_status("idle", measured, active=False, phase=phase)
+        self.assert_gpm(phase, measured)
         self.assert_smi(phase, measured, apps, smi_error)
 
-    def assert_busy(self, phase: Phase, name: str, duty: float, measured: Collected) -> None:
+    def gpm_supported(self) -> Optional[bool]:
+        assert self.target is not None
+        devices = self.records.get("discover", {}).get("devices", [])
+        found = [d.get("gpm_supported") for d in devices if d.get("index") == self.target.index]
+        return found[0] if found and isinstance(found[0], bool) else None
+
+    def assert_gpm(self, phase: Phase, measured: Collected) -> None:
+        """Hopper and newer: the four GPM series on the target's label (a MIG instance's GPU instance reports on
+        its first compute instance's), each 0..100, the SM one above 0 while a worker runs one block per SM.
+        Elsewhere: none at all, never a made-up 0."""
+        assert self.target is not None
+        name = f"gpm[{phase.name}]"
+        got = measured.activity.get(self.target.label, {})
+        if self.gpm_supported() is not True:
+            self.check(name, False if got else None,
+                       f"GPM not supported here (NVML: {self.gpm_supported()}); series {got or 'absent'}")
+            return
+        complete = set(got) == set(GPM_SERIES.values()) and all(0 <= v <= 100 for v in got.values())
+        busy = any(duty > 0 for duty, _ in phase.busy.values())
+        self.check(name, complete and (got.get("sm_util", 0) > 0 or not busy),
+                   f"GPM on gpu={self.target.label!r}: {got or 'no series'}")
+
+    def assert_busy(self, phase: Phase, name: str, duty: float, measured: Collected, prefix: str = "") -> None:
         assert self.target is not None
         pid = self.workers[name].pid
         util = measured.util.get(pid)
         want = duty * 100
         if self.target.mig and util is None:
-            self.check(f"util[{name}]", None, "MIG instance: the collector reports no per-process utilisation there "
-                                              "(NVML answers NOT_SUPPORTED); not asserted")
+            self.check(f"{prefix}util[{name}]", None, "MIG instance: the collector reports no per-process "
+                                                      "utilisation there (NVML answers NOT_SUPPORTED); not asserted")
         else:
-            self.check(f"util[{name}]", close_enough(util, want),
+            self.check(f"{prefix}util[{name}]", close_enough(util, want),
                        f"gpu_process_utilization {util}, duty cycle {want:g} % (+/- {TOLERANCE:g})")
-        self.assert_status(name, measured, active=True, phase=phase)
+        self.assert_status(name, measured, active=True, phase=phase, prefix=prefix)
 
-    def assert_status(self, name: str, measured: Collected, active: bool, phase: Phase) -> None:
+    def assert_status(self, name: str, measured: Collected, active: bool, phase: Phase, prefix: str = "") -> None:
         assert self.target is not None
         status = measured.info.get(self.workers[name].pid, {}).get("status")
         want = "active" if active else "idle"
         allowed = {want, "unknown"} if self.target.mig else {want}
-        self.check(f"status[{name}]", status in allowed,
+        self.check(f"{prefix}status[{name}]", status in allowed,
                    f"status={status!r} in phase {phase.name}, expected {' or '.join(sorted(allowed))}")
 
     def assert_smi(self, phase: Phase, measured: Collected, apps: Optional[list[tuple[int, str, str]]],
@@ -943,13 +1049,23 @@ class DeviceCheck:
         self.check(name, ok, detail)
 
     def run_sandbox(self) -> None:
-        why_not = ("systemd is not PID 1" if not systemd_is_pid1() else
+        """The collector twice under the unit's own settings (a transient unit each), around the interval of a
+        phase like `full`: the second run's answer is asserted as the plain runs' are (status, utilisation), since
+        the unit runs without admin capabilities and NVML gives some answers "only if the caller has appropriate
+        privileges"."""
+        why_not = ("" if os.environ.get(SYSTEMD_STAND_IN) else
+                   "systemd is not PID 1" if not systemd_is_pid1() else
                    "systemd-run is not installed" if not shutil.which("systemd-run") else
                    "not root (systemd-run needs the system manager)" if os.geteuid() != 0 else "")
+        names = ["sandbox-up", "sandbox-pids", "sandbox-status[busy100]", "sandbox-status[idle]",
+                 "sandbox-util[busy100]"]
         if why_not:
-            self.check("sandbox-up", None, why_not)
-            self.check("sandbox-pids", None, why_not)
+            for name in names:
+                self.check(name, None, why_not)
             return
+        phase = PHASES[0]  # busy100 at ~100 %, idle holding memory
+        self.set_phase(phase)
+        time.sleep(self.args.settle)
         props, skipped = unit_properties(UNIT_TEMPLATE.read_text())
         base = Path(tempfile.mkdtemp(prefix="gpu-proc-collector-devcheck.", dir="/var/lib"))
         state, textfile = base / "state", base / "textfile"
@@ -963,33 +1079,60 @@ class DeviceCheck:
         python = os.path.abspath(self.python)
         notes: list[str] = []
         dropped: list[str] = []
+        stopped: list[str] = []
+        runs: list[tuple[subprocess.CompletedProcess[str], str]] = []
         try:
-            for attempt in range(6):
-                cmd, notes = sandbox_command(props, python=python, state=str(state), textfile=str(textfile),
-                                             unit=f"gpu-proc-collector-devcheck-{os.getpid()}-{attempt}",
-                                             needed_paths=needed, env=env)
-                res = _run(cmd, self.env(), 120)
-                bad = _rejected_property(res.stderr)
-                if res.returncode == 0 or not bad or bad not in [p.split("=", 1)[0] for p in props]:
-                    break
-                dropped.append(bad)
-                props = [p for p in props if p.split("=", 1)[0] != bad]
-            self.save("sandbox.cmd", " ".join(cmd) + "\n")
-            self.save("sandbox.log", f"exit {res.returncode}\n{res.stdout}{res.stderr}")
-            prom = textfile / "gpu_processes.prom"
-            text = prom.read_text() if prom.exists() else ""
-            self.save("sandbox.prom", text)
+            for run_name in ("prime", "measure"):
+                if runs:
+                    time.sleep(self.args.interval)
+                kwargs = {"python": python, "state": str(state), "textfile": str(textfile), "needed_paths": needed,
+                          "env": env}
+                res, cmd, notes, props = self._sandboxed(run_name, props, dropped, stopped, kwargs)
+                prom = textfile / "gpu_processes.prom"
+                text = prom.read_text() if prom.exists() else ""
+                suffix = "" if run_name == "measure" else ".prime"
+                self.save(f"sandbox{suffix}.cmd", " ".join(cmd) + "\n")
+                self.save(f"sandbox{suffix}.log", f"exit {res.returncode}\n{res.stdout}{res.stderr}")
+                self.save(f"sandbox{suffix}.prom", text)
+                runs.append((res, text))
         finally:
             shutil.rmtree(base, ignore_errors=True)
-        collected = parse_exposition(text, res.returncode)
+            self.save("sandbox.systemctl.log", "".join(f"{line}\n" for line in stopped))
+        answers = [parse_exposition(text, res.returncode) for res, text in runs]
+        prime, measured = answers[0], answers[-1]
+        exits = [res.returncode for res, _ in runs]
         self.records["sandbox"] = {"properties": props, "skipped_lines": skipped, "notes": notes,
-                                   "dropped_by_systemd_run": dropped, "exit": res.returncode}
-        self.check("sandbox-up", res.returncode == 0 and collected.up == 1,
-                   f"exit {res.returncode}, gpu_proc_collector_up {collected.up}"
+                                   "dropped_by_systemd_run": dropped, "exit": exits,
+                                   "collector": {n: {"pid": w.pid, "status": measured.info.get(w.pid, {}).get("status"),
+                                                     "utilization": measured.util.get(w.pid)}
+                                                 for n, w in self.workers.items()}}
+        self.check("sandbox-up", len(runs) == 2 and all(rc == 0 for rc in exits) and prime.up == measured.up == 1,
+                   f"exit {'/'.join(map(str, exits))}, gpu_proc_collector_up {prime.up}/{measured.up}"
                    + (f"; {dropped} rejected by this systemd-run" if dropped else ""))
-        missing = [n for n, w in self.workers.items() if w.pid not in collected.info]
-        self.check("sandbox-pids", not missing and bool(text), "every workload PID listed" if not missing and text
-                   else f"missing {missing}")
+        missing = [n for n, w in self.workers.items() if w.pid not in measured.info]
+        self.check("sandbox-pids", not missing and bool(runs[-1][1]), "every workload PID listed"
+                   if not missing and runs[-1][1] else f"missing {missing}")
+        self.assert_busy(phase, "busy100", phase.busy["busy100"][0], measured, prefix="sandbox-")
+        self.assert_status("idle", measured, active=False, phase=phase, prefix="sandbox-")
+
+    def _sandboxed(self, run_name: str, props: list[str], dropped: list[str], stopped: list[str],
+                   kwargs: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], list[str], list[str], list[str]]:
+        """One collector run in a transient unit, stopped and reset whatever happened; a property this
+        systemd-run rejects (an older systemd) is dropped and the run tried again. (result, command, notes, the
+        properties that passed)."""
+        for attempt in range(6):
+            unit = f"gpu-proc-collector-devcheck-{os.getpid()}-{run_name}-{attempt}"
+            cmd, notes = sandbox_command(props, unit=unit, **kwargs)
+            try:
+                res = _run(cmd, self.env(), 120)
+            finally:
+                stopped += stop_unit(unit, self.env())
+            bad = _rejected_property(res.stderr)
+            if res.returncode == 0 or not bad or bad not in [p.split("=", 1)[0] for p in props]:
+                break
+            dropped.append(bad)
+            props = [p for p in props if p.split("=", 1)[0] != bad]
+        return res, cmd, notes, props
 
     def stop_workers(self) -> None:
         for worker in self.workers.values():
@@ -1068,7 +1211,8 @@ class DeviceCheck:
             lines += self._phase_markdown(name, rec)
         sandbox = self.records.get("sandbox")
         if sandbox:
-            lines += ["### Sandbox", "", f"- systemd-run exit {sandbox['exit']}; properties from the unit template: "
+            lines += ["### Sandbox", "", f"- systemd-run exits {sandbox['exit']} (prime, measure); properties from the "
+                      "unit template (its timer mode, Restart=no): "
                       + ", ".join(f"`{p}`" for p in sandbox["properties"]),
                       "- template lines not passed: " + ", ".join(f"`{p}`" for p in sandbox["skipped_lines"])]
             lines += [f"- {note}" for note in sandbox["notes"]]
@@ -1101,12 +1245,12 @@ class DeviceCheck:
                       f"{probe['size_query']}; {probe['total_entries']} entries"
                       + (f"; error {probe['error']}" if probe["error"] else ""), ""]
             if probe["per_pid"]:
-                lines += ["| PID | entries | spacing ms min/median/max | smUtil min/median/max | mean |",
-                          "|---|---|---|---|---|"]
+                lines += ["| PID | entries | spacing ms min/median/max | age ms min/median/max | "
+                          "smUtil min/median/max | mean |", "|---|---|---|---|---|---|"]
                 for who, p in probe["per_pid"].items():
                     lines.append(f"| {who} ({p['pid']}) | {p['entries']} | {_stats(p['spacing_ms'])} | "
-                                 f"{_stats(p['sm'])} | {p['sm_mean']} |")
-                lines.append("")
+                                 f"{_stats(p['age_ms'])} | {_stats(p['sm'])} | {p['sm_mean']} |")
+                lines += ["", f"The PIDs' newest entries lie {probe['newest_spread_ms']} ms apart.", ""]
         return lines
 
 

@@ -16,24 +16,39 @@ backwards but on a state reset (they restart from 0, which Prometheus treats as 
 adds nothing (its state is not saved). An interval longer than MAX_GAP_INTERVALS nominal intervals, or a clock
 that stepped back, is not filled with guesses: its length goes to the gap counter. Owners not seen for
 RETENTION_S are dropped (their last value has been exported for that long).
+
+Owners are bounded (docs/accounting.md, "Owner budget"): at most max_owners named owners have counters of their
+own. Those the ledger already holds keep theirs; new owners take the places left, the largest users of this run
+first; the rest are folded into one owner, owner_kind="overflow", so the counters of all owners still add up to
+everything accounted. Owners' names are keys as model.safe_name makes them: bounded, and two owners never one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from collector.model import DeviceActivity, Mutable, ProcessRecord
+from collector.model import DeviceActivity, Mutable, ProcessRecord, safe_name
 
 log = logging.getLogger(__name__)
 
 UNATTRIBUTED = "unattributed"  # the owner_kind of what no owner accounts for
+OVERFLOW = "overflow"  # the owner_kind and owner of the owners over the budget
 MAX_GAP_INTERVALS = 3
 RETENTION_S = 3600.0
+# The oldest last run a gap is counted from: a state older than a year is not the history of this collector's
+# counters (a hand-edited 0 or -Infinity would add 1.8e9 s or infinity to the gap counter).
+MAX_GAP_S = 366 * 86400.0
 
 OwnerKey = tuple[str, str, str, str]  # owner_kind, owner, namespace, pod
 UNATTRIBUTED_KEY: OwnerKey = (UNATTRIBUTED, "", "", "")
+OVERFLOW_KEY: OwnerKey = (OVERFLOW, OVERFLOW, "", "")
+# What the owners' names may take, on average per owner of the budget: four times a long Kubernetes owner's
+# (docs/accounting.md, "Owner budget"), so a flood of names at the label limit cannot fill the memory.
+NAME_CHARS_PER_OWNER = 256
+_POOLED = (UNATTRIBUTED_KEY, OVERFLOW_KEY)  # owners outside the budget: never folded, never dropped as stale
 
 
 class OwnerUsage(Mutable):
@@ -56,48 +71,112 @@ class OwnerUsage(Mutable):
 
 
 class Ledger(Mutable):
-    FIELDS = ("owners", "processes", "energy_mj", "gap_seconds")
+    FIELDS = ("owners", "processes", "energy_mj", "gap_seconds", "folded")
     __slots__ = FIELDS
 
     def __init__(self, owners: Optional[dict[OwnerKey, OwnerUsage]] = None,
                  processes: Optional[dict[str, float]] = None, energy_mj: Optional[dict[str, int]] = None,
-                 gap_seconds: float = 0.0) -> None:
+                 gap_seconds: float = 0.0, folded: int = 0) -> None:
         self.owners: dict[OwnerKey, OwnerUsage] = {} if owners is None else owners
         self.processes: dict[str, float] = {} if processes is None else processes  # process key -> SM seconds
         self.energy_mj: dict[str, int] = {} if energy_mj is None else energy_mj  # the last reading per GPU UUID
         self.gap_seconds = gap_seconds
+        self.folded = folded  # owners this run folded into the overflow owner (not saved: one run's count)
 
 
 def owner_key(record: ProcessRecord) -> OwnerKey:
+    """The owner's key in the ledger: its names as safe_name makes them, so a name is bounded before it is kept,
+    and two owners whose names differ only past the label limit stay two."""
     o = record.owner
-    return (o.kind, o.name, o.namespace, o.pod)
+    return (o.kind, safe_name(o.name), safe_name(o.namespace), safe_name(o.pod))
 
 
 def account(previous: Ledger, records: Sequence[ProcessRecord], process_keys: Sequence[str],
             activity: Mapping[str, DeviceActivity], energy_mj: Mapping[str, int], *, last_success: Optional[float],
-            now: float, nominal_interval: float) -> Ledger:
-    """The ledger after this run. process_keys[i] names records[i] across runs (state.process_key)."""
+            now: float, nominal_interval: float, max_owners: int) -> Ledger:
+    """The ledger after this run. process_keys[i] names records[i] across runs (state.process_key). max_owners:
+    how many named owners may have counters of their own (the others are folded into OVERFLOW_KEY)."""
     ledger = Ledger(owners={k: v.copy() for k, v in previous.owners.items()},
                     energy_mj=dict(energy_mj), gap_seconds=previous.gap_seconds)
+    owners = [owner_key(r) for r in records]
     span = _accountable_span(ledger, last_success, now, nominal_interval)
     sm = _sm_seconds(records, activity, span, now) if span else [0.0] * len(records)
     for name, seconds in zip(process_keys, sm):
         ledger.processes[name] = previous.processes.get(name, 0.0) + seconds
     if span:
-        _add_usage(ledger, records, sm, span, now)
-        _add_energy(ledger, previous.energy_mj, energy_mj, records=records, sm=sm, span=span, now=now)
-    for key in {owner_key(r) for r in records}:
+        _add_usage(ledger, records, owners, sm, span=span, now=now)
+        _add_energy(ledger, previous.energy_mj, energy_mj, records=records, owners=owners, sm=sm, span=span,
+                    now=now)
+    for key in set(owners):
         ledger.owners.setdefault(key, OwnerUsage()).last_seen = now
-    stale = [k for k, v in ledger.owners.items() if v.last_seen < now - RETENTION_S and k != UNATTRIBUTED_KEY]
+    stale = [k for k, v in ledger.owners.items() if v.last_seen < now - RETENTION_S and k not in _POOLED]
     for k in stale:
         del ledger.owners[k]
+    _fold(ledger, previous.owners, max_owners, now)
     return ledger
+
+
+def _fold(ledger: Ledger, before: Mapping[OwnerKey, OwnerUsage], budget: int, now: float) -> None:
+    """Keeps at most `budget` named owners, whose names take at most NAME_CHARS_PER_OWNER characters per place
+    of the budget (docs/accounting.md, "Owner budget"). The owners the previous run kept stay, so series do not
+    come and go; new owners take the places left, by this run's GPU seconds, then SM seconds, then memory, then
+    key (the same ledger always keeps the same owners), each while its names fit. New owners past them are
+    folded into OVERFLOW_KEY: their counters hold only this run's increase, so the overflow owner's increase is
+    theirs and the owners' counters still add up to what was accounted. Kept owners past the budget (a state
+    file written under a larger one) are dropped as stale ones are: their past increase was exported already."""
+    named = [k for k in ledger.owners if k not in _POOLED]
+    chars = budget * NAME_CHARS_PER_OWNER
+    if len(named) <= budget and sum(map(_name_chars, named)) <= chars:
+        return
+    kept = [k for k in named if k in before]
+    if len(kept) > budget:
+        kept.sort(key=lambda k: (-ledger.owners[k].last_seen, k))
+        log.warning("%d owners in the state are over the owner budget (%d): their counters are dropped",
+                    len(kept) - budget, budget)
+        for k in kept[budget:]:
+            del ledger.owners[k]
+        kept = kept[:budget]
+    new = sorted((k for k in named if k not in before), key=lambda k: _by_usage(k, ledger.owners[k]))
+    room, chars = budget - len(kept), chars - sum(map(_name_chars, kept))
+    fold = []
+    for k in new:
+        if room > 0 and _name_chars(k) <= chars:
+            room, chars = room - 1, chars - _name_chars(k)
+        else:
+            fold.append(k)
+    if not fold:
+        return
+    overflow = ledger.owners.get(OVERFLOW_KEY)
+    if overflow is None:
+        overflow = ledger.owners[OVERFLOW_KEY] = OwnerUsage()
+    for k in fold:
+        usage = ledger.owners.pop(k)
+        overflow.gpu_seconds += usage.gpu_seconds
+        overflow.sm_seconds += usage.sm_seconds
+        overflow.memory_byte_seconds += usage.memory_byte_seconds
+        overflow.energy_joules += usage.energy_joules
+    overflow.last_seen = now
+    ledger.folded = len(fold)
+    log.info("%d owners over the owner budget (%d) this run: counted as owner_kind=\"%s\"", len(fold), budget,
+             OVERFLOW)
+
+
+def _name_chars(key: OwnerKey) -> int:
+    return len(key[1]) + len(key[2]) + len(key[3])
+
+
+def _by_usage(key: OwnerKey, usage: OwnerUsage) -> tuple[float, float, float, OwnerKey]:
+    return (-usage.gpu_seconds, -usage.sm_seconds, -usage.memory_byte_seconds, key)
 
 
 def _accountable_span(ledger: Ledger, last_success: Optional[float], now: float, nominal: float) -> float:
     """Seconds this run accounts for: 0 on a first run (nothing to measure from), after a clock step back, or for
     a gap too long to fill (counted in the gap counter instead)."""
     if last_success is None:
+        return 0.0
+    if not math.isfinite(last_success) or last_success <= 0 or now - last_success > MAX_GAP_S:
+        log.warning("the state's last successful run (%r) is not a plausible time: this run accounts nothing and "
+                    "counts no gap", last_success)
         return 0.0
     span = now - last_success
     if span <= 0:
@@ -144,12 +223,11 @@ def _sm_seconds(records: Sequence[ProcessRecord], activity: Mapping[str, DeviceA
     return out
 
 
-def _add_usage(ledger: Ledger, records: Sequence[ProcessRecord], sm: Sequence[float], span: float,
-               now: float) -> None:
+def _add_usage(ledger: Ledger, records: Sequence[ProcessRecord], keys: Sequence[OwnerKey], sm: Sequence[float],
+               *, span: float, now: float) -> None:
     held: dict[tuple[OwnerKey, str], float] = {}  # one owner's processes on one device hold it once
     owners = ledger.owners
-    for record, seconds in zip(records, sm):
-        key = owner_key(record)
+    for record, key, seconds in zip(records, keys, sm):
         usage = owners.get(key)
         if usage is None:  # not setdefault(key, OwnerUsage()), which would make an OwnerUsage per process
             usage = owners[key] = OwnerUsage()
@@ -163,7 +241,8 @@ def _add_usage(ledger: Ledger, records: Sequence[ProcessRecord], sm: Sequence[fl
 
 
 def _add_energy(ledger: Ledger, before: Mapping[str, int], now_mj: Mapping[str, int], *,
-                records: Sequence[ProcessRecord], sm: Sequence[float], span: float, now: float) -> None:
+                records: Sequence[ProcessRecord], owners: Sequence[OwnerKey], sm: Sequence[float], span: float,
+                now: float) -> None:
     for gpu, reading in now_mj.items():
         if gpu not in before:
             continue
@@ -172,9 +251,9 @@ def _add_energy(ledger: Ledger, before: Mapping[str, int], now_mj: Mapping[str, 
             log.warning("GPU %s: energy counter went back (driver reloaded?); counting only the energy since", gpu)
             joules = reading / 1000.0
         weights: dict[OwnerKey, float] = {}
-        for record, seconds in zip(records, sm):
+        for record, key, seconds in zip(records, owners, sm):
             if record.gpu.device.gpu_uuid == gpu and seconds > 0:
-                weights[owner_key(record)] = weights.get(owner_key(record), 0.0) + seconds / span
+                weights[key] = weights.get(key, 0.0) + seconds / span
         total = sum(weights.values())
         scale = 1.0 / total if total > 1.0 else 1.0  # shares can overlap (MPS, time-slicing): never above all
         attributed = 0.0
@@ -215,7 +294,9 @@ def from_json(raw: Any) -> Ledger:
     for row in rows if isinstance(rows, list) else ():
         if (isinstance(row, list) and len(row) == 4 + len(_USAGE_FIELDS) and all(isinstance(x, str) for x in row[:4])
                 and all(_number(x) for x in row[4:])):
-            owners[(row[0], row[1], row[2], row[3])] = OwnerUsage(*(float(x) for x in row[4:]))
+            # safe names already, unless an older collector wrote the file (it kept names whole)
+            owners[(row[0], safe_name(row[1]), safe_name(row[2]), safe_name(row[3]))] = OwnerUsage(
+                *(float(x) for x in row[4:]))
     processes = raw.get("processes")
     energy = raw.get("energy_mj")
     gap = raw.get("gap_seconds")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Optional
 
+from collector import safeio
 from collector.cdi import CdiUnresolved, MigCap, SpecIndex, log_once, node_refs, parse_qualified, read_mig_caps
 from collector.model import (
     CDI_UNRESOLVED_REASONS,
@@ -32,6 +33,7 @@ from collector.podresources import GPU_DRA_DRIVERS, ClaimDevice, ContainerAlloca
 log = logging.getLogger(__name__)
 
 POD_LOGS = "var/log/pods"  # kubelet's <namespace>_<pod>_<uid> directories, under the host root
+MAX_POD_LOG_DIRS = 10_000  # collector.runtimes' bound (a node's pods, with room to spare)
 
 Container = tuple[str, str, str]  # namespace, pod, container
 
@@ -236,12 +238,9 @@ def pod_uids(host_root: str, records: Iterable[ProcessRecord]) -> dict[tuple[str
     """namespace/pod -> UID, from the pods' processes (their cgroups) and kubelet's log directories; a name with
     two log directories (a pod replaced under the same name, the old one's logs not yet removed) gets none."""
     found: dict[tuple[str, str], set[str]] = {}
-    try:
-        entries = [e.name for e in os.scandir(os.path.join(host_root, POD_LOGS))]
-    except OSError:
-        entries = []
-    for name in entries:
-        parts = name.split("_")
+    entries, _ = safeio.list_dir(os.path.join(host_root, POD_LOGS), MAX_POD_LOG_DIRS)
+    for entry in entries:
+        parts = entry.name.split("_")
         if len(parts) == 3:  # namespace and pod names cannot hold "_" (DNS-1123)
             found.setdefault((parts[0], parts[1]), set()).add(parts[2])
     uids = {key: next(iter(values)) for key, values in found.items() if len(values) == 1}
@@ -265,6 +264,8 @@ def view(index: AllocationIndex, records: Sequence[ProcessRecord], unplaced: Ite
     unsure_pod: set[tuple[str, str, str]] = set()  # (namespace, pod, unit): a pod's process, container unknown
     for r in records:
         o, unit = r.owner, r.gpu.device.label
+        if o.kind == OwnerKind.UNVERIFIED:  # a pod's process, which pod not known for sure
+            unsure.add(unit)
         if o.kind != OwnerKind.POD:
             continue
         if not o.pod:

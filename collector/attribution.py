@@ -5,18 +5,24 @@ allocation (device-plugin ids, and DRA claims through their CDI specs: collector
 GPU or MIG instance kubelet did not allocate to its container is flagged (`NVIDIA_VISIBLE_DEVICES=all` and similar
 escapes), and so is any non-pod process on a device kubelet handed to a container; where a container's allocation
 could not all be placed on this host, its processes off the known part are not flagged either way.
+
+A pod is believed only where every source agrees: the cgroup names it where kubelet puts pods (collector.cgroups),
+the runtime recorded that cgroup for the container and the pod's UID in its file, and kubelet, where it answers,
+lists the pod. Otherwise the owner is `unverified` (the cgroup's pod UID), never the pod the files name, and the
+disagreement is counted (docs/runtimes-and-cgroups.md, "Trust").
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Optional
 
 from collector import allocation
 from collector.allocation import AllocationIndex, ClaimResolver, History, HistoryKey, target
-from collector.cgroups import parse_cgroup
+from collector.cgroups import CgroupOwner, agrees, parse_cgroup, parse_roots
 from collector.model import (
     EMPTY,
     AllocationView,
@@ -53,6 +59,7 @@ class AttributionSettings(NamedTuple):
     pod_resources_socket: str  # "" when there is none to call
     pod_resources_timeout: float  # seconds
     resource_names: tuple[str, ...] = ()  # extended-resource names that carry GPUs, beyond NVIDIA's own
+    cgroup_roots: tuple[str, ...] = ()  # nested kubelets' node cgroups (Settings.cgroup_roots)
 
 
 class Attributor:
@@ -63,7 +70,10 @@ class Attributor:
         self.devices = devices
         self.metadata = RuntimeMetadata(settings.host_root, known_containers)
         self._index: Optional[AllocationIndex] = None
+        self._listed: set[tuple[str, str]] = set()  # (namespace, pod) of every pod kubelet's List named
         self._api_called = False
+        self._roots = parse_roots(settings.cgroup_roots)
+        self.conflicts: Counter[str] = Counter()
 
     @property
     def index(self) -> Optional[AllocationIndex]:
@@ -75,6 +85,7 @@ class Attributor:
                 if not socket:
                     raise PodResourcesUnavailable("no pod-resources socket configured")
                 response = list_pod_resources(socket, self.settings.pod_resources_timeout)
+                self._listed = {(pod.namespace, pod.name) for pod in response.pod_resources}
                 self._index = AllocationIndex(allocations(response, self.settings.resource_names), self.devices,
                                               ClaimResolver(self.settings.host_root, self.devices),
                                               self.settings.resource_names)
@@ -84,7 +95,11 @@ class Attributor:
 
     def attribute(self, host: HostProcess, device: Device) -> tuple[Owner, Optional[bool]]:
         """The owner of the process, and whether it runs on a device kubelet did not give it (None: unknown)."""
-        cg = parse_cgroup(host.cgroup)
+        cg = parse_cgroup(host.cgroup, self._roots)
+        if cg.conflict:
+            self.conflicts[cg.conflict] += 1
+            log.info("pid %d: a pod or container name in %s below its owner's cgroup %s is not taken (%s)",
+                     host.pid, cg.path, cg.scope, cg.conflict)
         index = self.index
         if cg.kind != OwnerKind.POD:
             name = self._container_name(cg.kind, cg.container_id, cg.user_uid) or cg.name
@@ -97,6 +112,14 @@ class Attributor:
             log.info("pid %d: pod %s container %s not found in any runtime's metadata", host.pid, cg.pod_uid,
                      cg.container_id[:12] or "-")
             return Owner(kind=OwnerKind.POD, name=cg.pod_uid, pod_uid=cg.pod_uid, container_id=cg.container_id), None
+        disagreement = self._disagreement(cg, meta)
+        if disagreement:
+            self.conflicts[disagreement] += 1
+            log.warning("pid %d: cgroup %s names pod %s, but the evidence disagrees (%s): reported as unverified, not "
+                        "as %s/%s", host.pid, cg.path, cg.pod_uid, disagreement, meta.namespace, meta.pod)
+            owner = Owner(kind=OwnerKind.UNVERIFIED, name=cg.pod_uid, pod_uid=cg.pod_uid,
+                          container_id=cg.container_id)
+            return owner, None if index is None else (True if device.label in index.allocated else None)
         owner = Owner(
             kind=OwnerKind.POD,
             name=f"{meta.namespace}/{meta.pod}",
@@ -107,6 +130,18 @@ class Attributor:
             container_id=cg.container_id,
         )
         return owner, None if index is None else unallocated(index, owner, device.label)
+
+    def _disagreement(self, cg: CgroupOwner, meta: ContainerMeta) -> str:
+        """Why the pod meta names is not the cgroup's (an ATTRIBUTION_CONFLICT_REASONS value); "" when it is.
+        kubelet's log directories are named by the cgroup's pod UID: nothing to cross-check but kubelet's list."""
+        if meta.source != "pod-logs":
+            if meta.pod_uid and meta.pod_uid != cg.pod_uid:
+                return "pod_uid_mismatch"
+            if not agrees(meta.cgroup, cg):
+                return "cgroup_mismatch"
+        if self._index is not None and (meta.namespace, meta.pod) not in self._listed:
+            return "unknown_to_kubelet"
+        return ""
 
     def allocation_view(self, records: Sequence[ProcessRecord], unplaced: Iterable[str],
                         previous: Mapping[HistoryKey, History], now: float
@@ -125,7 +160,7 @@ class Attributor:
 
     def _container_name(self, kind: str, container_id: str, user_uid: str) -> str:
         if kind == OwnerKind.DOCKER:
-            return self.metadata.docker_name(container_id)
+            return self.metadata.docker_name(container_id, user_uid)
         if kind == OwnerKind.PODMAN:
             return self.metadata.podman_name(container_id, user_uid)
         return container_id[:12]
@@ -138,4 +173,5 @@ class Attributor:
         return AttributionFacts(
             pod_resources_up=(self._index is not None) if self._api_called else None,
             metadata_misses=dict(self.metadata.misses),
+            conflicts=dict(self.conflicts),
         )

@@ -15,19 +15,20 @@ model.CDI_UNRESOLVED_REASONS, and the caller treats its claim as unknown.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Optional
 
-from collector import miniyaml
+from collector import safeio
 
 log = logging.getLogger(__name__)
 
 SPEC_DIRS = ("etc/cdi", "var/run/cdi")  # CDI's static and dynamic directories, lowest priority first
-MAX_SPEC_BYTES = 4 << 20  # a spec for 8 GPUs with every MIG layout is well under 1 MiB
+MAX_SPEC_BYTES = 1 << 20  # a spec for 8 GPUs with every MIG layout is about 100 KiB (docs/allocation.md)
+MAX_MIG_MINORS_BYTES = 1 << 20  # 135 lines of about 25 bytes per GPU
+MAX_ACCESS_FILE_BYTES = 4096  # three short lines
 MAX_SPEC_FILES = 4096  # per directory; DRA drivers write one transient spec per prepared claim
 CAPABILITIES = "proc/driver/nvidia/capabilities"
 MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
@@ -35,10 +36,12 @@ MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
 _VENDOR_OR_CLASS = r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?"
 _KIND = re.compile(rf"({_VENDOR_OR_CLASS})/({_VENDOR_OR_CLASS})")
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
-_GPU_NODE = re.compile(r"(?:^|/)dev/nvidia([0-9]+)")
-_CAP_NODE = re.compile(r"(?:^|/)dev/nvidia-caps/nvidia-cap([0-9]+)")
-_CAP_FILE = re.compile(r"gpu([0-9]+)/gi([0-9]+)(?:/ci([0-9]+))?/access")
-_MINOR_LINE = re.compile(r"DeviceFileMinor:\s*([0-9]+)\s*$", re.MULTILINE)
+# Numbers of at most 9 digits (a minor has 20 bits): a longer one is no device, and never reaches int()
+_GPU_NODE = re.compile(r"(?:^|/)dev/nvidia([0-9]{1,9})")
+_CAP_NODE = re.compile(r"(?:^|/)dev/nvidia-caps/nvidia-cap([0-9]{1,9})")
+_CAP_FILE = re.compile(r"gpu([0-9]{1,9})/gi([0-9]{1,9})(?:/ci([0-9]{1,9}))?/access")
+_MINOR_LINE = re.compile(r"DeviceFileMinor:[ \t]*([0-9]{1,9})[ \t]*$", re.MULTILINE)
+_NUMBER = re.compile(r"[0-9]{1,9}")
 
 _logged: set[tuple[str, str]] = set()  # (name or path, reason) already logged by this process
 
@@ -106,31 +109,28 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _read_spec(path: str) -> Any:
+def _read_spec(path: str, host_root: str) -> Any:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SPEC_BYTES + 1)
-    except OSError as err:
+        raw = safeio.read(path, MAX_SPEC_BYTES, root=host_root)
+    except FileNotFoundError as err:
         raise _Bad("unreadable", f"cannot read it: {err.strerror}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise _Bad("malformed", f"larger than {MAX_SPEC_BYTES} bytes")
+    except safeio.Refused as err:
+        raise _Bad("unreadable", str(err)) from None
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _Bad("malformed", "not UTF-8") from None
     if path.endswith(".json"):
         try:
-            return json.loads(text)
-        except ValueError as err:
-            raise _Bad("malformed", f"not JSON: {err}") from None
-        except RecursionError:
-            raise _Bad("malformed", "not JSON: nested too deep") from None
+            return safeio.parse_json(raw)
+        except safeio.Refused as err:
+            raise _Bad("malformed", str(err)) from None
+    from collector import strictyaml  # noqa: PLC0415 - PyYAML only for a host that has a YAML spec
+
     try:
-        return miniyaml.load(text)
-    except miniyaml.YamlUnsupported as err:
-        raise _Bad("yaml_unsupported", str(err)) from None
-    except miniyaml.YamlError as err:
-        raise _Bad("malformed", f"not YAML: {err}") from None
+        return strictyaml.load(raw)
+    except strictyaml.YamlRefused as err:
+        raise _Bad(err.reason, str(err)) from None
 
 
 def _nodes(edits: Any, where: str) -> list[str]:
@@ -202,7 +202,7 @@ class SpecIndex:
             for file_name in names[:MAX_SPEC_FILES]:
                 path = os.path.join(directory, file_name)
                 try:
-                    found = list(_devices(_read_spec(path)))
+                    found = list(_devices(_read_spec(path, self.host_root)))
                 except _Bad as err:
                     self._bad[path] = (err.reason, str(err))
                     continue
@@ -258,21 +258,21 @@ def read_mig_caps(host_root: str) -> Mapping[int, Optional[MigCap]]:
     win)."""
     caps: dict[int, Optional[MigCap]] = {}
     try:
-        with open(os.path.join(host_root, MIG_MINORS), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) != 2 or not parts[1].isdigit():
-                    continue
-                match = _CAP_FILE.fullmatch(parts[0])
-                if match:
-                    caps[int(parts[1])] = _cap(match)
-                elif parts[0] in ("config", "monitor"):
-                    caps[int(parts[1])] = None
-    except OSError:
-        pass
+        listing = safeio.read(os.path.join(host_root, MIG_MINORS), MAX_MIG_MINORS_BYTES, root=host_root)
+    except (OSError, safeio.Refused):
+        listing = b""
+    for line in listing.decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not _NUMBER.fullmatch(parts[1]):
+            continue
+        match = _CAP_FILE.fullmatch(parts[0])
+        if match:
+            caps[int(parts[1])] = _cap(match)
+        elif parts[0] in ("config", "monitor"):
+            caps[int(parts[1])] = None
     root = os.path.join(host_root, CAPABILITIES)
     for special in ("config", "monitor"):
-        minor = _minor_of(os.path.join(root, "mig", special))
+        minor = _minor_of(os.path.join(root, "mig", special), host_root)
         if minor is not None:
             caps[minor] = None
     try:
@@ -285,19 +285,19 @@ def read_mig_caps(host_root: str) -> Mapping[int, Optional[MigCap]]:
                 continue
             relative = os.path.relpath(os.path.join(directory, "access"), root).replace("/mig/", "/", 1)
             match = _CAP_FILE.fullmatch(relative)
-            minor = _minor_of(os.path.join(directory, "access")) if match else None
+            minor = _minor_of(os.path.join(directory, "access"), host_root) if match else None
             if match and minor is not None:
                 caps[minor] = _cap(match)
     return caps
 
 
-def _minor_of(path: str) -> Optional[int]:
+def _minor_of(path: str, host_root: str) -> Optional[int]:
     """The `DeviceFileMinor:` of a capability file (the driver also writes DeviceFileMode and DeviceFileModify)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            found = _MINOR_LINE.search(f.read(4096))
-    except OSError:
+        text = safeio.read(path, MAX_ACCESS_FILE_BYTES, root=host_root).decode("utf-8", "replace")
+    except (OSError, safeio.Refused):
         return None
+    found = _MINOR_LINE.search(text)
     return int(found[1]) if found else None
 
 

@@ -23,13 +23,15 @@ import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Optional
 
-from collector import nvml, podresources, runtimes
+from collector import nvml, podresources, runtimes, safeio
 from collector.settings import Settings
 
 EXIT_OK, EXIT_FAILED = 0, 1
 NODE_EXPORTER_NAMES = ("node_exporter", "prometheus-node-exporter")  # argv[0]: upstream's, Debian's
 TEXTFILE_FLAG = "--collector.textfile.directory"
 NODE_EXPORTER_DEFAULTS = "etc/default/prometheus-node-exporter"  # Debian's: ARGS="..."
+MAX_DEFAULTS_BYTES = 1 << 20  # a shell fragment of a few lines
+MAX_CMDLINE_BYTES = 1 << 20  # node_exporter's command line is a few hundred bytes
 DEBIAN_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # the Debian package's built-in default
 PROBE_PREFIX = ".gpu-proc-collector-check."  # not *.prom: node_exporter never reads it
 RUNTIME_NAMES = {"containerd": "containerd", "k3s": "k3s containerd", "microk8s": "microk8s containerd",
@@ -88,6 +90,18 @@ def gpus(devices: Optional[Collection[int]], expect_gpus: Optional[int]) -> list
     if missing:
         out.append(warning(f"--devices names GPUs this host does not have: {','.join(map(str, missing))}"))
     return out + persistence([gpu for gpu in found.gpus if not gpu.error])
+
+
+def mig_capability_nodes(host_root: str) -> list[Finding]:
+    """Read before NVML is initialised: this process's own NVML (root, without the unit's NoNewPrivileges=) would
+    create the missing nodes while listing the MIG devices, and hide what the unit will meet."""
+    instances, missing = nvml.missing_capability_nodes(host_root)
+    if missing:
+        return [warning(nvml.describe_missing_nodes(missing))]
+    if instances:
+        return [ok(f"MIG capability device nodes present for {_count(instances, 'GPU or compute instance')} "
+                   "(/dev/nvidia-caps)")]
+    return []
 
 
 def persistence(readable: Sequence[nvml.GpuInventory]) -> list[Finding]:
@@ -204,10 +218,10 @@ def _running(host_root: str) -> Iterable[NodeExporterDir]:
         return
     for pid in pids:
         try:
-            with open(os.path.join(proc, str(pid), "cmdline"), "rb") as f:
-                args = [arg.decode(errors="replace") for arg in f.read().split(b"\0")]
-        except OSError:
-            continue  # exited meanwhile
+            raw = safeio.read(os.path.join(proc, str(pid), "cmdline"), MAX_CMDLINE_BYTES, root=host_root)
+        except (OSError, safeio.Refused):
+            continue  # exited meanwhile, or a command line longer than node_exporter's ever is
+        args = [arg.decode(errors="replace") for arg in raw.split(b"\0")]
         if args and os.path.basename(args[0]) in NODE_EXPORTER_NAMES:
             directory = _textfile_flag(args[1:])
             if directory:
@@ -219,9 +233,8 @@ def _defaults_args(host_root: str) -> Optional[NodeExporterDir]:
     it)."""
     path = os.path.join(host_root, NODE_EXPORTER_DEFAULTS)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
+        lines = safeio.read(path, MAX_DEFAULTS_BYTES, root=host_root).decode("utf-8", "replace").splitlines()
+    except (OSError, safeio.Refused):
         return None
     args: list[str] = []
     for line in lines:
@@ -321,7 +334,9 @@ class _Output:
 def run_check(settings: Settings, expect_gpus: Optional[int] = None) -> int:
     """Prints one line per finding; 1 if any is an error, else 0."""
     with _Output(settings.deadline) as output:
+        mig_nodes = mig_capability_nodes(settings.host_root)
         output.emit(gpus(settings.devices, expect_gpus))
+        output.emit(mig_nodes)
         output.emit([pod_resources(settings)])
         output.emit(runtime_dirs(settings.host_root))
         output.emit(textfile(settings))

@@ -6,13 +6,12 @@ configuration; the others are the runner's, or the check's.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from collector import __version__
+from collector import __version__, safeio
 from collector.runner import run_once, serve
 from collector.settings import (
     CONFIG_TYPES,
@@ -30,6 +29,7 @@ from collector.settings import (
 log = logging.getLogger("gpu-proc-collector")
 
 EXIT_USAGE = 2
+MAX_CONFIG_BYTES = 1 << 20  # the role writes a few hundred bytes
 
 __all__ = ["UsageError", "main", "parse_devices", "settings"]
 
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resource-name", metavar="NAME", action="append", dest="resource_names",
                         help="extra extended-resource name that carries GPUs (repeatable); nvidia.com/gpu, "
                         "nvidia.com/gpu.shared and nvidia.com/mig-* are always recognised")
+    parser.add_argument("--cgroup-root", metavar="PATH", action="append", dest="cgroup_roots",
+                        help="the cgroup of a nested kubelet's node (kind: /docker/<id>), whose kubepods tree below "
+                             "it holds pods; repeatable")
     parser.add_argument("--label-prefix", metavar="PREFIX",
                         help="prefix for the pod/namespace/container labels of the native metrics, e.g. k8s_")
     parser.add_argument("--command-args", action="store_true", default=None,
@@ -64,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-process-series", metavar="N", type=int,
                         help=f"per-process series per node (default {d.max_process_series}); beyond it the largest "
                         "memory holders keep theirs and the rest are summed per device and owner")
+    parser.add_argument("--max-owner-series", metavar="N", type=int,
+                        help=f"owners with accounting series of their own (default {d.max_owner_series}); owners "
+                        "beyond it are counted together as owner_kind=\"overflow\"")
     parser.add_argument("--deadline", metavar="SECONDS", type=float,
                         help=f"a run that takes longer writes gpu_proc_collector_up 0 and exits 4 "
                         f"(default {d.deadline:g})")
@@ -85,13 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(path: str) -> dict[str, Any]:
+    """The config file's object, read through collector.safeio (a FIFO, a device, a huge or deeply nested file is a
+    usage error, never a hang or a traceback; the file may be a link, as an operator's config may be). Raises
+    UsageError."""
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except OSError as err:
+        config = safeio.read_json(path, MAX_CONFIG_BYTES, follow_last=True)
+    except FileNotFoundError as err:
         raise UsageError(f"cannot read config {path}: {err.strerror}") from None
-    except ValueError as err:
-        raise UsageError(f"config {path} is not valid JSON: {err}") from None
+    except safeio.Refused as err:
+        raise UsageError(f"config file unusable: {err}") from None
     if not isinstance(config, dict):
         raise UsageError(f"config {path} must be a JSON object")
     check_types(config, f"config {path}")

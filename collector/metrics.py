@@ -4,14 +4,14 @@ and labels. The text format itself is collector.exposition's.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Callable, NamedTuple, Optional, Union
 
 from collector import __version__
-from collector.accounting import Ledger
+from collector.accounting import OVERFLOW_KEY, Ledger, owner_key
 from collector.exposition import COUNTER, Family, Series, render
 from collector.model import (
+    ATTRIBUTION_CONFLICT_REASONS,
     CDI_UNRESOLVED_REASONS,
     EMPTY,
     METADATA_MISS_REASONS,
@@ -23,6 +23,7 @@ from collector.model import (
     FailedGpu,
     Owner,
     ProcessRecord,
+    safe_name,
 )
 from collector.redact import args_label
 from collector.settings import DEFAULTS
@@ -75,18 +76,12 @@ def memory_percent(used: Optional[int], total: Optional[int]) -> Optional[float]
     return 100.0 * used / total
 
 
-MAX_LABEL_CHARS = 1024
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def label_value(value: str) -> str:
-    """Any text as a label value: lone surrogates (from undecodable bytes, or JSON escapes in a hostile runtime
-    file) become U+FFFD, which UTF-8 can encode; over-long values are cut. Escaping is the library's job.
-    Applied to the names from runtime files and kubelet; names from /proc are cleaned where they are read
-    (procfs.printable, which maps undecodable bytes one for one)."""
-    if not value.isascii():
-        value = _SURROGATE.sub("\ufffd", value)
-    return value[:MAX_LABEL_CHARS]
+    """A name from a runtime file, kubelet or a cgroup as a label value: model.safe_name (surrogates replaced, cut
+    to MAX_LABEL_CHARS with a suffix that keeps two names apart). Escaping is the exposition's job. Names from
+    /proc are cleaned where they are read (procfs.printable, which maps undecodable bytes one for one). A safe
+    name is its own: the accounting keys (accounting.owner_key) need not pass here again."""
+    return safe_name(value)
 
 
 def _self_families(up: bool, last_success: Optional[float], duration: float, driver_version: str) -> list[Family]:
@@ -227,12 +222,20 @@ class _ReportFamilies:
         self.series_dropped = gauge(
             "gpu_proc_collector_series_dropped",
             "Processes that got no series of their own this run (over the per-node budget; see the aggregates).")
+        self.owners_folded = gauge(
+            "gpu_proc_collector_owner_series_folded",
+            "Owners that got no gpu_owner_* series of their own this run (over the owner budget): their usage is "
+            "counted under owner_kind=\"overflow\".")
         self.pod_resources_up = gauge(
             "gpu_proc_collector_pod_resources_up",
             "1 if kubelet's pod-resources List answered this run, 0 if not (allocation not cross-checked).")
         self.metadata_misses = gauge(
             "gpu_proc_collector_metadata_misses",
             "Container lookups this run that found no usable runtime metadata file, by reason.", ["reason"])
+        self.conflicts = gauge(
+            "gpu_proc_collector_attribution_conflicts",
+            "Processes this run whose cgroup named a pod or container that the cgroup's position, the runtime's files "
+            "or kubelet did not back, by reason (docs/runtimes-and-cgroups.md, Trust).", ["reason"])
         self.allocation_series_dropped = gauge(
             "gpu_proc_collector_allocation_series_dropped",
             "Allocated devices that got no gpu_allocation_* series this run (the per-node series budget was spent "
@@ -256,18 +259,24 @@ class _ReportFamilies:
                 self.energy.add((gpus[uuid], uuid), millijoules / 1000.0)
         if report.ledger is None:
             return
-        for key, usage in sorted(report.ledger.owners.items()):
-            labels = [label_value(v) for v in key]
+        for key, usage in sorted(report.ledger.owners.items()):  # safe names already (accounting.owner_key)
             for name, family in self.usage.items():
-                family.add(labels, round(getattr(usage, name), 6))
+                family.add(key, round(getattr(usage, name), 6))
         self.gap.add((), round(report.ledger.gap_seconds, 6))
+        self.owners_folded.add((), float(report.ledger.folded))
 
-    def add_aggregate(self, records: Sequence[ProcessRecord]) -> None:
-        memory: dict[tuple[str, ...], float] = {}
-        count: dict[tuple[str, ...], float] = {}
+    def add_aggregate(self, records: Sequence[ProcessRecord], ledger: Optional[Ledger]) -> None:
+        """The processes over the process budget, summed per device and owner; the owners the ledger folded into
+        the overflow owner (over the owner budget) summed as that one, so neither budget is a way round the
+        other."""
+        memory: dict[tuple[str, str, str, str, str, str], float] = {}
+        count: dict[tuple[str, str, str, str, str, str], float] = {}
         for record in records:
-            o, d = record.owner, record.gpu.device
-            key = tuple(label_value(v) for v in (d.label, d.uuid, o.kind, o.name, o.pod, o.namespace))
+            d = record.gpu.device
+            kind, name, namespace, pod = owner_key(record)
+            if ledger is not None and (kind, name, namespace, pod) not in ledger.owners:
+                kind, name, namespace, pod = OVERFLOW_KEY
+            key = (d.label, d.uuid, kind, name, pod, namespace)
             memory[key] = memory.get(key, 0.0) + float(record.gpu.used_memory or 0)
             count[key] = count.get(key, 0.0) + 1
         for key in sorted(count):
@@ -338,6 +347,8 @@ class _ReportFamilies:
                 self.pod_resources_up.add((), 1.0 if facts.pod_resources_up else 0.0)
             for reason in METADATA_MISS_REASONS:
                 self.metadata_misses.add((reason,), float(facts.metadata_misses.get(reason, 0)))
+            for reason in ATTRIBUTION_CONFLICT_REASONS:
+                self.conflicts.add((reason,), float(facts.conflicts.get(reason, 0)))
 
     def add_activity(self, device: Device, activity: DeviceActivity) -> None:
         for name, family in self.activity.items():
@@ -458,7 +469,7 @@ def _report_families(report: Report, cache: Optional[SeriesCache] = None) -> lis
         kept = set(map(id, ranked[: report.max_process_series]))
         over = [r for r in ranked if id(r) not in kept]
         records = [r for r in records if id(r) in kept]
-        f.add_aggregate(over)
+        f.add_aggregate(over, report.ledger)
         f.series_dropped.add((), float(len(over)))
     else:
         f.series_dropped.add((), 0.0)

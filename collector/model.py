@@ -7,6 +7,7 @@ state) are plain classes with __slots__ on `Mutable`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple, Optional
@@ -50,10 +51,13 @@ class OwnerKind:
     SYSTEMD = "systemd"  # a systemd service
     SLURM = "slurm"  # a Slurm job step
     HOST = "host"  # anything else: a user session, a shell, an unrecognised cgroup
+    # The cgroup names a pod, but the runtime's files or kubelet disagree (ATTRIBUTION_CONFLICT_REASONS): the
+    # owner is the cgroup's pod UID, never the pod the files name (docs/runtimes-and-cgroups.md, "Trust").
+    UNVERIFIED = "unverified"
 
 
 OWNER_KINDS = (OwnerKind.POD, OwnerKind.DOCKER, OwnerKind.PODMAN, OwnerKind.CONTAINER, OwnerKind.SYSTEMD,
-               OwnerKind.SLURM, OwnerKind.HOST)
+               OwnerKind.SLURM, OwnerKind.HOST, OwnerKind.UNVERIFIED)
 
 
 class MigInfo(NamedTuple):
@@ -147,7 +151,7 @@ class HostProcess(NamedTuple):
     pid: int
     name: str
     start_time: float  # seconds since the epoch (stat starttime + btime); with the PID, names the process across runs
-    cgroup: str  # raw /proc/<pid>/cgroup text, "" when unreadable
+    cgroup: str  # raw /proc/<pid>/cgroup text (a process whose file cannot be read is dropped)
     cmdline: tuple[str, ...] = ()  # read only when the operator opts in to the args label
 
 
@@ -181,6 +185,15 @@ class ProcessRecord(NamedTuple):
 
 
 METADATA_MISS_REASONS = ("corrupt", "not_found")  # why a container's runtime metadata was not usable
+
+# Why a pod or container name was not believed (gpu_proc_collector_attribution_conflicts{reason}), per process:
+ATTRIBUTION_CONFLICT_REASONS = (
+    "nested_below_container",  # the name stands below another container's own cgroup: that container is the owner
+    "untrusted_position",  # below a service, a user's manager or a scope, where no runtime puts one: that unit is
+    "cgroup_mismatch",  # the runtime recorded another cgroup for the container (or none): owner_kind unverified
+    "pod_uid_mismatch",  # the runtime's file names another pod UID than the cgroup: owner_kind unverified
+    "unknown_to_kubelet",  # kubelet's pod-resources answered and does not list the pod: owner_kind unverified
+)
 
 
 class AllocationTarget(NamedTuple):
@@ -234,8 +247,38 @@ class AttributionFacts(NamedTuple):
 
     pod_resources_up: Optional[bool]  # kubelet's List answered; None when it was not needed (no process to check)
     metadata_misses: Mapping[str, int]  # container lookups with no usable runtime file, by reason
+    conflicts: Mapping[str, int] = EMPTY  # processes whose cgroup named someone the evidence did not back, by reason
 
 
 def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
     """Names a process on a device across runs: the PID with its start time, so a reused PID is a new process."""
     return f"{gpu_uuid}/{pid}/{start_time:.2f}"
+
+
+MAX_LABEL_CHARS = 1024  # the longest name kept: a label value, and an owner's key in the state (docs/exposition.md)
+NAME_SUFFIX_HEX = 16  # the suffix of an altered name: 64 bits of SHA-256, past any search for a second name
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_name(value: str) -> str:
+    """Any name from a source the collector does not control (a runtime file, kubelet, a cgroup) as the collector
+    keeps and exports it: encodable as UTF-8, at most MAX_LABEL_CHARS long, and apart from every other name
+    (docs/exposition.md, "Names").
+
+    A name that fits and holds no lone surrogate is kept as it is. Any other has its surrogates (undecodable
+    bytes, JSON escapes in a hostile file) replaced by U+FFFD, is cut to leave room, and gets `~` and the first 16
+    hex digits of the SHA-256 of the whole original: names that differ only past the limit, or only in their
+    surrogates, stay two. What it returns fits and holds no surrogate, so it is its own safe name: a stage may
+    apply it to a name an earlier stage made safe already, and nothing changes."""
+    if len(value) <= MAX_LABEL_CHARS and not has_surrogates(value):
+        return value
+    import hashlib  # noqa: PLC0415 - only for a name to alter: its OpenSSL library costs every run 3 MiB and ms
+
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_SUFFIX_HEX]
+    clean = _SURROGATE.sub("\ufffd", value) if has_surrogates(value) else value
+    return f"{clean[:MAX_LABEL_CHARS - 1 - NAME_SUFFIX_HEX]}~{digest}"
+
+
+def has_surrogates(value: str) -> bool:
+    """Whether the text holds lone surrogates, which UTF-8 cannot encode."""
+    return not value.isascii() and _SURROGATE.search(value) is not None

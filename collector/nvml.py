@@ -9,8 +9,11 @@ records for GPUs that failed while the others were read.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
+import os
 import re
+import stat
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Optional
@@ -34,6 +37,73 @@ PROCESS_LISTS: tuple[tuple[str, str, str], ...] = (
 )
 
 _reported_missing: set[str] = set()
+_root = "/"  # where /proc/driver/nvidia and /dev/nvidia-caps are read (use_host_root)
+
+
+def use_host_root(host_root: str) -> None:
+    """Reads the driver's capability files and device nodes under host_root from now on (--host-root)."""
+    global _root  # noqa: PLW0603  (one setting for the process, as collector.procfs keeps its own)
+    _root = host_root
+
+
+# ---- MIG capability device nodes (docs/nvml-driver.md, "MIG capability nodes") ----
+
+CAPABILITIES = "proc/driver/nvidia/capabilities"
+CAP_NODES = "dev/nvidia-caps"
+_MINOR = re.compile(r"^DeviceFileMinor:\s*(\d{1,9})\s*$", re.MULTILINE)
+
+
+class MissingNode(NamedTuple):
+    access: str  # the capability's access file, as the driver names it: /proc/driver/nvidia/capabilities/...
+    node: str  # the device node NVML opens for it: /dev/nvidia-caps/nvidia-cap<minor>
+
+
+def _read_small(path: str, limit: int = 4096) -> str:
+    """A driver file's text, at most limit bytes; '' when it cannot be read. Opened without blocking: a FIFO put
+    there would otherwise hold the run until a writer came."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    try:
+        return os.read(fd, limit).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def missing_capability_nodes(root: Optional[str] = None) -> tuple[int, list[MissingNode]]:
+    """The MIG GPU and compute instances the driver has (an access file each under
+    /proc/driver/nvidia/capabilities/gpu<N>/mig/, naming the minor number of its node), and those whose node
+    /dev/nvidia-caps/nvidia-cap<minor> is missing. NVML opens that node to reach the instance and, where it is
+    missing, has the setuid nvidia-modprobe create it: under the unit (NoNewPrivileges=, no CAP_MKNOD) that
+    fails, and the instance stays invisible. (instances found, those missing their node)."""
+    base = root if root is not None else _root
+    pattern = os.path.join(base, CAPABILITIES, "gpu*", "mig", "gi*")
+    files = sorted(glob.glob(os.path.join(pattern, "access")) + glob.glob(os.path.join(pattern, "ci*", "access")))
+    missing = []
+    for path in files[:4096]:  # 8 GPUs x 7 GPU instances x 8 compute instances at most, by far
+        found = _MINOR.search(_read_small(path))
+        if not found:
+            continue
+        node = os.path.join(base, CAP_NODES, f"nvidia-cap{int(found.group(1))}")
+        try:
+            present = stat.S_ISCHR(os.stat(node).st_mode)
+        except OSError:
+            present = False
+        if not present:
+            missing.append(MissingNode("/" + os.path.relpath(path, base), "/" + os.path.relpath(node, base)))
+    return len(files), missing
+
+
+def describe_missing_nodes(missing: Sequence[MissingNode]) -> str:
+    """One line: which nodes are missing, what it costs, and the command that creates them."""
+    shown = ", ".join(m.node for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return (f"{len(missing)} MIG capability device node{'s are' if len(missing) > 1 else ' is'} missing ({shown}): "
+            "NVML cannot create them without privileges (the unit runs with NoNewPrivileges= and no CAP_MKNOD), so "
+            "the collector does not see those MIG instances or their processes; create them as root with "
+            f"nvidia-modprobe -f {missing[0].access}" + (" (and each other access file)" if len(missing) > 1 else ""))
 
 
 class _ProcessInfoR535(ctypes.Structure):
@@ -156,7 +226,9 @@ class _Reader:
         self.devices: list[Device] = []
         self.processes: list[GpuProcess] = []
         self.failed: list[FailedGpu] = []
-        self.last_seen_us: dict[str, int] = {}
+        self.last_seen_us: dict[str, int] = {}  # seen_key(GPU, PID) -> the timestamp of its newest entry kept
+        self.read_uuids: set[str] = set()  # the GPUs whose per-process utilisation was read
+        self.seen_now: dict[str, int] = {}  # the GPU being read: what last_seen_us gets once all of it is
         self.gpm_targets: list[_GpmTarget] = []
         self.energy_mj: dict[str, int] = {}
 
@@ -186,6 +258,7 @@ class _Reader:
 
     def _read_gpu(self, gpu: _OpenGpu) -> None:
         index, handle, uuid = gpu.number, gpu.handle, gpu.uuid
+        self.seen_now = {}
         if gpu.mig_units is not None:
             per_unit = _entries_by_instance([(unit, self._process_lists(h)) for unit, h in gpu.mig_units])
             activity: Optional[dict[int, Activity]] = None  # NVML: not supported on MIG
@@ -205,6 +278,9 @@ class _Reader:
             self.processes.extend(_merge(unit, unit_entries, activity))
         if energy is not None:
             self.energy_mj[uuid] = energy
+        if gpu.mig_units is None and self.integrator is None:
+            self.last_seen_us.update(self.seen_now)
+            self.read_uuids.add(uuid)
         self.gpm_targets.extend(gpu.gpm_targets)
 
     def _gpm_targets(self, index: int, handle: Any, uuid: str,
@@ -292,27 +368,47 @@ class _Reader:
         return entries
 
     def _activity(self, handle: Any, uuid: str, listed: Collection[int]) -> Optional[dict[int, Activity]]:
-        """SM activity per listed PID from the samples newer than the last run's; None where per-process
+        """SM activity per listed PID from the entries newer than that PID's last seen one; None where per-process
         utilisation cannot be measured. In the long-running mode, what the session integrated since the last
-        write instead."""
+        write instead. Entries of one read can be seconds apart from PID to PID (docs/nvml-driver.md), so what
+        was seen is kept per process: one timestamp per GPU would hide a busy process whose new entry is older
+        than another process's last one."""
         now = self.options.now_us
         if self.integrator is not None:
             return self.integrator.take(uuid, handle, listed, now)
-        since = self.options.last_seen_us.get(uuid, 0)
-        if since <= 0 or since > now:  # first run, or the clock stepped back since the last one
-            since = now - FIRST_RUN_WINDOW_US
-        self.last_seen_us[uuid] = since
-        kept = query_samples(handle, uuid, since, now, listed)
+        saved = self.options.last_seen_us
+        previous_read = saved.get(uuid, 0)  # when this GPU was last read (µs)
+        # A PID with no entry seen yet (new, or idle so far) counts the entries since shortly before the last read,
+        # as late as entries can come (docs/nvml-driver.md); on a first read, those of the last minute.
+        unknown = (previous_read if 0 < previous_read <= now else now) - FIRST_RUN_WINDOW_US
+        records = {pid: saved.get(seen_key(uuid, pid), 0) for pid in listed}
+        records = {pid: ts for pid, ts in records.items() if 0 < ts <= now}  # past now: the clock stepped back
+        floors = {pid: records.get(pid, unknown) for pid in listed}
+        kept = query_samples(handle, uuid, min(floors.values(), default=unknown), now, floors)
+        for pid, ts, _ in kept or ():
+            records[pid] = max(records.get(pid, 0), ts)
+        # Kept once the whole GPU is read (_read_gpu): the read's time, and each listed PID's newest entry.
+        self.seen_now = {uuid: now, **{seen_key(uuid, pid): ts for pid, ts in records.items()}}
         if kept is None:
             return None
-        if kept:
-            self.last_seen_us[uuid] = max(ts for _, ts, _ in kept)
         return time_weighted(kept)
 
 
+def seen_key(uuid: str, pid: int) -> str:
+    """A process's key in the saved last-seen timestamps: "<GPU UUID>/<PID>"."""
+    return f"{uuid}/{pid}"
+
+
+def carried_last_seen(saved: Mapping[str, int], read: Collection[str]) -> dict[str, int]:
+    """The saved timestamps of GPUs not read this time (failed, filtered out), for when they come back. A GPU that
+    was read keeps only what this read recorded: its processes' entries, none of a process no longer listed."""
+    return {key: ts for key, ts in saved.items() if key.split("/", 1)[0] not in read}
+
+
 def query_samples(handle: Any, uuid: str, since_us: int, now_us: int,
-                  listed: Optional[Collection[int]]) -> Optional[list[Sample]]:
-    """The plausible utilisation entries newer than since_us; [] when none; None where not measurable."""
+                  floors: Optional[Mapping[int, int]]) -> Optional[list[Sample]]:
+    """The plausible utilisation entries newer than since_us (and, with floors, only those of its PIDs, each newer
+    than its own floor); [] when none; None where not measurable."""
     try:
         raw = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
     except pynvml.NVMLError_NotFound:
@@ -336,7 +432,7 @@ def query_samples(handle: Any, uuid: str, since_us: int, now_us: int,
         samples = [(pid(s), stamp(s), sm(s)) for s in raw]
     # "The future" is after this answer, not after the run began: under CPUQuota= a run's own reads can take long
     # enough for the driver to have taken fresh samples since it started, and those are real.
-    kept = plausible_samples(samples, listed, since_us, max(now_us, int(time.time() * 1_000_000)))
+    kept = plausible_samples(samples, floors, since_us, max(now_us, int(time.time() * 1_000_000)))
     if len(kept) < len(samples):
         log.debug("%s: ignored %d of %d utilisation entries (unlisted PID, SM %% over 100, or a timestamp "
                   "outside (last seen, now])", uuid, len(samples) - len(kept), len(samples))
@@ -347,14 +443,18 @@ class Integrator:
     """The long-running mode's per-process utilisation: sampled every few seconds between two writes and
     integrated per PID over the time each tick covers, so a write reports the SM % of the whole interval, not
     of the driver's last sample period. Each tick's entries (time-weighted per PID) stand for the time since
-    the previous tick; a PID with no entry in a tick was idle in it (the driver lists only busy processes)."""
+    the previous tick; a PID with no entry in a tick was idle in it (the driver lists only busy processes).
+    What was seen is kept per process, as a timer run keeps it (_Reader._activity): each query reads from the
+    oldest last-seen timestamp among the processes the last write listed, and each PID's entries count past its
+    own."""
 
     def __init__(self) -> None:
         self.window_start = time.time()
         self.handles: dict[str, Any] = {}  # whole GPUs to sample, from the last read (valid until nvmlShutdown)
         self.busy: dict[str, dict[int, float]] = {}  # GPU UUID -> PID -> SM-busy seconds in this window
         self.last_tick: dict[str, float] = {}
-        self.last_seen_us: dict[str, int] = {}
+        self.seen: dict[str, dict[int, int]] = {}  # GPU UUID -> PID -> its newest entry's timestamp
+        self.listed: dict[str, frozenset[int]] = {}  # GPU UUID -> the PIDs the last write listed
 
     def tick(self, now: Optional[float] = None) -> None:
         now = time.time() if now is None else now
@@ -364,17 +464,26 @@ class Integrator:
             except pynvml.NVMLError as err:  # the next write's read meets it and reports it
                 log.debug("utilisation tick on %s: %s", uuid, err)
 
-    def _sample(self, uuid: str, handle: Any, now: float) -> None:
+    def _sample(self, uuid: str, handle: Any, now: float, listed: Optional[Collection[int]] = None) -> None:
         start = self.last_tick.get(uuid, self.window_start)
-        # A GPU's first query looks back as a timer run's first does: the driver's latest sample predates us.
-        since = self.last_seen_us.get(uuid, int(start * 1_000_000) - FIRST_RUN_WINDOW_US)
-        kept = query_samples(handle, uuid, since, int(now * 1_000_000), None)
+        # A PID with no entry seen yet counts the entries since shortly before the previous tick, as late as
+        # entries can come (docs/nvml-driver.md); a GPU's first query looks back as a timer run's first does.
+        unknown = int(start * 1_000_000) - FIRST_RUN_WINDOW_US
+        seen = self.seen.setdefault(uuid, {})
+        listed = self.listed.get(uuid, frozenset()) if listed is None else listed
+        floors = {pid: seen.get(pid, unknown) for pid in listed}
+        # Processes that started since the last write are in no list yet, so the query starts at the unknown floor
+        # at the latest; each entry counts past its own PID's newest, and none moves another PID's floor.
+        kept = query_samples(handle, uuid, min([*floors.values(), unknown]), int(now * 1_000_000), None)
         self.last_tick[uuid] = now
         if kept is None:
             self.handles.pop(uuid, None)
             return
-        if kept:
-            self.last_seen_us[uuid] = max(ts for _, ts, _ in kept)
+        kept = [(pid, ts, sm) for pid, ts, sm in kept if ts > floors.get(pid, max(seen.get(pid, 0), unknown))]
+        for pid, ts, _ in kept:
+            seen[pid] = max(seen.get(pid, 0), ts)
+        for pid in [pid for pid, ts in seen.items() if ts <= unknown and pid not in listed]:
+            del seen[pid]  # an unlisted PID's entry older than any floor: it can no longer count twice
         span = max(0.0, now - start)
         busy = self.busy.setdefault(uuid, {})
         for pid, activity in time_weighted(kept).items():
@@ -384,9 +493,10 @@ class Integrator:
         """The window's activity of the listed PIDs (a last tick first), and a new window from now."""
         now = now_us / 1_000_000
         self.handles[uuid] = handle
-        self._sample(uuid, handle, now)
+        self._sample(uuid, handle, now, listed)
         if uuid not in self.handles:
             return None  # not measurable on this GPU
+        self.listed[uuid] = frozenset(listed)
         busy = self.busy.pop(uuid, {})
         start = self.window_start
         self.last_tick[uuid] = now
@@ -414,14 +524,18 @@ class Activity(NamedTuple):
 Sample = tuple[int, int, int]  # (pid, timestamp in µs, SM %)
 
 
-def plausible_samples(samples: Iterable[Sample], listed: Optional[Collection[int]], since_us: int,
+def plausible_samples(samples: Iterable[Sample], floors: Optional[Mapping[int, int]], since_us: int,
                       now_us: int) -> list[Sample]:
     """The entries worth believing. Real drivers return garbage entries too (docs/nvml-driver.md): PIDs in no
     process list, SM % above 100 (even 2^32-1), timestamps at or before the one asked for, or in the future. Only
-    entries of listed PIDs with 0 <= SM <= 100 and since < timestamp <= now are kept, so one bad entry can neither
-    yield a utilisation outside 0..100 nor move the saved timestamp past now (which would blind later runs)."""
+    entries with 0 <= SM <= 100 and timestamp <= now are kept, and with floors only those of its PIDs whose
+    timestamp is past the PID's floor (else past since_us), so one bad entry can neither yield a utilisation
+    outside 0..100 nor move a saved timestamp past now (which would blind later runs), and an unlisted PID's
+    entry moves nothing."""
+    if floors is None:
+        return [(pid, ts, sm) for pid, ts, sm in samples if 0 <= sm <= MAX_SM_PERCENT and since_us < ts <= now_us]
     return [(pid, ts, sm) for pid, ts, sm in samples
-            if (listed is None or pid in listed) and 0 <= sm <= MAX_SM_PERCENT and since_us < ts <= now_us]
+            if pid in floors and 0 <= sm <= MAX_SM_PERCENT and floors[pid] < ts <= now_us]
 
 
 def time_weighted(samples: Iterable[Sample]) -> dict[int, Activity]:
@@ -490,7 +604,9 @@ def _energy(handle: Any) -> Optional[int]:
 
 # ---- GPM: GPU Performance Monitoring (Hopper and newer), per GPU and per MIG GPU instance ----
 
-GPM_MIN_INTERVAL_S = 0.1  # nvml.h: samples must be more than 100 ms apart (docs/nvml-driver.md)
+# nvml.h: the two samples "should be greater than 100ms" apart, the driver's internal refresh period; a window right at
+# it can straddle no refresh. 20 ms of margin (docs/nvml-driver.md, "GPM").
+GPM_INTERVAL_S = 0.12
 GPM_METRICS = (  # DeviceActivity field, NVML metric id
     ("sm_util", 2),  # NVML_GPM_METRIC_SM_UTIL
     ("sm_occupancy", 3),  # NVML_GPM_METRIC_SM_OCCUPANCY
@@ -510,7 +626,7 @@ def _gpm_supported(handle: Any) -> bool:
 
 
 class _Gpm:
-    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_MIN_INTERVAL_S apart at least:
+    """Pairs of GPM samples. In a one-shot run both are taken inside the run, GPM_INTERVAL_S apart at least:
     the first ones before the process lists are read (start), the second ones once everything else is (measure),
     which sleeps only what is left of the interval (wall time, no CPU). In the long-running mode each
     measurement's second sample is the next one's first, so the activity spans the whole interval between two
@@ -535,7 +651,7 @@ class _Gpm:
         firsts = {target.key: self.firsts.pop(target.key) for target in targets if target.key in self.firsts}
         _drop(self.firsts)  # targets not measured: their GPU failed after its first sample
         if firsts:
-            time.sleep(max(0.0, max(t for t, _ in firsts.values()) + GPM_MIN_INTERVAL_S - time.monotonic()))
+            time.sleep(max(0.0, max(t for t, _ in firsts.values()) + GPM_INTERVAL_S - time.monotonic()))
         out: dict[str, DeviceActivity] = {}
         for target in targets:
             if target.key not in firsts:
@@ -625,16 +741,17 @@ def _minor(handle: Any) -> Optional[int]:
 def _memory(handle: Any) -> tuple[Optional[int], Optional[int]]:
     """(total, used) bytes. nvmlDeviceGetMemoryInfo_v2 where the driver has it: its `used` leaves out the memory
     the driver and firmware reserve, which v1's `used` includes and which would otherwise show up as memory no
-    process accounts for (docs/nvml-driver.md). v1 on drivers without it."""
+    process accounts for (docs/nvml-driver.md). v1 on drivers without it, and wherever v2 is refused on one handle
+    (what drivers answer v2 on a MIG device handle is not documented): v1's figures rather than none."""
     if "nvmlDeviceGetMemoryInfo_v2" not in _reported_missing:
         try:
             info = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
             return int(info.total), int(info.used)
-        except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_ArgumentVersionMismatch):
+        except pynvml.NVMLError_FunctionNotFound:
             _note_missing("nvmlDeviceGetMemoryInfo_v2")
-        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission) as err:
-            log.debug("memory info unavailable: %s", err)
-            return None, None
+        except (pynvml.NVMLError_ArgumentVersionMismatch, pynvml.NVMLError_NotSupported,
+                pynvml.NVMLError_NoPermission) as err:
+            log.debug("memory info v2 refused, reading v1: %s", err)
     try:
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
     except pynvml.NVMLError_FunctionNotFound:
@@ -683,6 +800,7 @@ class Session:
         # The library this process mapped no longer matches the loaded driver (upgraded, module reloaded while
         # NVML was shut down): only a new process, which maps the new library, can use NVML again.
         self.needs_restart = False
+        self._missing_nodes: list[MissingNode] = []
 
     def tick(self) -> None:
         """Samples per-process utilisation between writes (long-running mode)."""
@@ -700,6 +818,13 @@ class Session:
         finally:
             if not healthy:
                 self.close()
+
+    def _report_missing_nodes(self) -> None:
+        """A warning per read while MIG capability nodes are missing (once per change in the long-running mode)."""
+        _, missing = missing_capability_nodes()
+        if missing and missing != self._missing_nodes:
+            log.warning(describe_missing_nodes(missing))
+        self._missing_nodes = missing if self._long_running else []
 
     def _init(self) -> None:
         if self._initialised:
@@ -723,8 +848,10 @@ class Session:
                          self.integrator)
         opened = [reader.open_gpu(index) for index in range(count) if devices is None or index in devices]
         gpus = [gpu for gpu in opened if gpu is not None]
+        if any(gpu.mig_units is not None for gpu in gpus):
+            self._report_missing_nodes()
         # The first GPM samples before any process list, the second ones after every other read (measure below):
-        # a timer run's 100 ms between the two passes while the GPUs are read, not after.
+        # a timer run's GPM_INTERVAL_S between the two passes while the GPUs are read, not after.
         self._gpm.start([target for gpu in gpus for target in gpu.gpm_targets])
         for gpu in gpus:
             reader.read_gpu(gpu)
@@ -740,7 +867,7 @@ class Session:
             processes=tuple(reader.processes),
             failed_gpus=tuple(reader.failed),
             listed_at=listed_at,
-            last_seen_us=reader.last_seen_us,
+            last_seen_us={**carried_last_seen(last_seen_us, reader.read_uuids), **reader.last_seen_us},
             activity=self._gpm.measure(reader.gpm_targets),
             energy_mj=reader.energy_mj,
         )

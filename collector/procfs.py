@@ -13,7 +13,8 @@ identities (PID + start time, in the state file) carry over; tests/test_procfs.p
 - command line: NUL-separated, or space-separated where a process rewrote it (setproctitle), read as text
   (universal newlines), as psutil's `cmdline()`;
 - errors: no such file or ESRCH -> pid_not_found (gone, or never there); EACCES/EPERM -> access_denied (hidepid=,
-  another PID namespace); an unreadable command line keeps the short name, a zombie's empty one too.
+  another PID namespace); an unreadable command line keeps the short name, a zombie's empty one too; an unreadable
+  cgroup file drops the process like a vanished one (without its cgroup its owner is unknown, not the host).
 """
 
 from __future__ import annotations
@@ -84,10 +85,13 @@ def _text(data: bytes, encoding: str, errors: str) -> str:
 
 
 def read_cgroup(pid: int) -> str:
+    """The process's cgroup file. Raises ProcessUnavailable: a process whose cgroup cannot be read (it exited after
+    its stat was read) is gone, never a process of the host (its owner would be made up)."""
     try:
         return _text(_read(f"{_proc}/{pid}/cgroup"), "utf-8", "replace")
-    except OSError:
-        return ""
+    except OSError as err:
+        reason = "access_denied" if isinstance(err, PermissionError) else "pid_not_found"
+        raise ProcessUnavailable(pid, reason) from None
 
 
 def boot_time() -> float:

@@ -57,6 +57,7 @@ def collect(settings: Settings, previous: State, clock: Callable[[], float] = ti
 def _collect(settings: Settings, previous: State, now: float, started: float, *,
              failed: Callable[..., Outcome], session: Optional[nvml.Session],
              series: Optional[SeriesCache]) -> Outcome:
+    nvml.use_host_root(settings.host_root)
     try:
         if session is None:
             snapshot = nvml.read_snapshot(settings.devices, previous.last_seen_us, int(now * 1_000_000))
@@ -75,6 +76,7 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
         pod_resources_socket=settings.socket,
         pod_resources_timeout=settings.pod_resources_timeout,
         resource_names=settings.resource_names,
+        cgroup_roots=settings.cgroup_roots,
     ), snapshot.devices, previous.containers)
     attributed = []
     for proc in snapshot.processes:
@@ -93,15 +95,15 @@ def _collect(settings: Settings, previous: State, now: float, started: float, *,
     ledger = accounting.account(
         previous.ledger, records, keys, snapshot.activity, snapshot.energy_mj,
         last_success=previous.last_success, now=now,
-        nominal_interval=settings.interval or settings.nominal_interval)
+        nominal_interval=settings.interval or settings.nominal_interval, max_owners=settings.max_owner_series)
     totals = ledger.processes
     records = [ProcessRecord(gpu=r.gpu, host=r.host, owner=r.owner, idle_seconds=r.idle_seconds,
                              unallocated=r.unallocated, sm_seconds_total=totals[key])  # faster than _replace
                for r, key in zip(records, keys)]
     unplaced = {proc.device.label for proc in snapshot.processes if proc.pid not in hosts}
     allocations, allocation_history = attributor.allocation_view(records, unplaced, previous.allocations, now)
-    # GPUs not read this run (failed, filtered out) keep their timestamps for when they come back.
-    last_seen = {**previous.last_seen_us, **snapshot.last_seen_us}
+    # The read's timestamps: what it saw, and those of GPUs it did not read (collector.nvml.carried_last_seen).
+    last_seen = dict(snapshot.last_seen_us)
     report = Report(
         driver_version=snapshot.driver_version,
         devices=snapshot.devices,

@@ -25,7 +25,7 @@ from collector import nvml, state
 from collector.metrics import SeriesCache, render_failure
 from collector.run import collect
 from collector.settings import Settings
-from collector.textfile import WriteError, atomic_write
+from collector.textfile import WriteError, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger("gpu-proc-collector")
 
@@ -120,11 +120,14 @@ class Watchdog:
             os._exit(EXIT_DEADLINE)
 
 
-def one_collection(settings: Settings, previous: state.State, session: Optional[nvml.Session] = None,
+def one_collection(settings: Settings, previous: Optional[state.State], session: Optional[nvml.Session] = None,
                    series: Optional[SeriesCache] = None) -> tuple[int, state.State]:
     """Collects, publishes and saves the state; returns the exit code and the state to carry on with. The
-    long-running mode passes what it keeps between collections: its NVML session and its rendered series."""
-    with Watchdog(settings.deadline, settings, previous) as watchdog:
+    long-running mode passes what it keeps between collections: its NVML session and its rendered series.
+    previous None: the state file is read first, under the deadline like the rest of the run."""
+    with Watchdog(settings.deadline, settings, previous or state.State()) as watchdog:
+        if previous is None:
+            previous = watchdog.previous = state.load(settings.state_dir)
         outcome = collect(settings, previous, session=session, series=series)
         code = watchdog.publish(outcome.text)
     if code != EXIT_OK:
@@ -135,13 +138,21 @@ def one_collection(settings: Settings, previous: state.State, session: Optional[
     return EXIT_OK, outcome.state
 
 
+def remove_leftovers(settings: Settings) -> None:
+    """The temporary files of a run killed while it wrote its file or state (collector.textfile)."""
+    if settings.textfile is not None:
+        remove_stale_temporaries(settings.textfile, settings.deadline)
+    remove_stale_temporaries(os.path.join(settings.state_dir, state.STATE_FILE), settings.deadline)
+
+
 def run_once(settings: Settings) -> int:
     lock = RunLock(settings.state_dir)
     if not lock.acquire():
         log.error("another gpu-proc-collector run holds %s; this one exits without collecting", lock.path)
         return EXIT_LOCKED
     try:
-        code, _ = one_collection(settings, state.load(settings.state_dir))
+        remove_leftovers(settings)
+        code, _ = one_collection(settings, None)
         return code
     finally:
         lock.release()
@@ -168,11 +179,13 @@ def notify(message: str) -> None:
 
 
 class _Signals:
-    """SIGTERM/SIGINT stop the service (a collection still running after STOP_GRACE_S is abandoned: the last
-    good file stays, the process exits 0); SIGHUP asks for the configuration to be read again.
+    """SIGTERM/SIGINT stop the service; SIGHUP asks for the configuration to be read again.
 
     The signals are blocked in every thread and taken by one thread of their own (sigwait): a Python signal
-    handler would only run in the main thread between bytecodes, never while it is stuck in a hung NVML call."""
+    handler would only run in the main thread between bytecodes, never while it is stuck in a hung NVML call.
+    A stop does not wait on the main thread: whatever it is in (a collection, a utilisation sample between two,
+    NVML's shutdown), a process not gone STOP_GRACE_S after the signal ends itself, exit 0, and the last good file
+    stays (a collection cut short never published; the state of the last one was saved before it ended)."""
 
     SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
@@ -191,18 +204,21 @@ class _Signals:
                 self._stop()
 
     def _stop(self) -> None:
+        if self.stop.is_set():
+            return  # a second signal: the first one's timer runs
         self.stop.set()
-        if self.collecting.is_set():
-            timer = threading.Timer(STOP_GRACE_S, self._abandon)
-            timer.daemon = True
-            timer.start()
+        timer = threading.Timer(STOP_GRACE_S, self._abandon)
+        timer.daemon = True
+        timer.start()
 
     def _abandon(self) -> None:
         if self.collecting.is_set():
             log.warning("stopping: abandoned the collection in progress; the last good file stays")
-            notify("STOPPING=1")
-            sys.stderr.flush()
-            os._exit(EXIT_OK)
+        else:
+            log.warning("stopping: a call into NVML did not return within %g s; exiting without it", STOP_GRACE_S)
+        notify("STOPPING=1")
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
 
 
 def tune_gc() -> None:
@@ -225,10 +241,11 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
         log.error("another gpu-proc-collector run holds %s; the service exits", lock.path)
         return EXIT_LOCKED
     signals = _Signals()
+    remove_leftovers(settings)
     tune_gc()
     session = nvml.Session(long_running=True)
     series = SeriesCache()
-    previous = state.load(settings.state_dir)
+    previous: Optional[state.State] = None  # read by the first collection, under its deadline
     ready = False
     try:
         while not signals.stop.is_set():

@@ -28,12 +28,18 @@ class Settings(NamedTuple):
     pod_resources_socket: Optional[str] = None  # None: POD_RESOURCES_SOCKET under the host root
     pod_resources_timeout: float = 10.0
     resource_names: tuple[str, ...] = ()  # extra extended-resource names that carry GPUs
+    # Cgroups of nested kubelets (kind, minikube: the node container's, "/docker/<id>"; "*" is any one segment):
+    # a kubepods tree directly below one is a pod. Below any other container it is not (docs/runtimes-and-cgroups.md).
+    cgroup_roots: tuple[str, ...] = ()
     # Native metrics name the Kubernetes labels with this prefix ("k8s_" -> k8s_pod), for scrapes that would
     # otherwise rename pod to exported_pod. The seed-compatible metrics keep their names.
     label_prefix: str = ""
     command_args: bool = False  # export redacted command lines (gpu_process_command_info)
     # Per-process series per node (8 GPUs x 7 MIG instances with dozens of processes each); beyond it, aggregated.
     max_process_series: int = 2000
+    # Owners with accounting series of their own (gpu_owner_*_total); the rest share owner_kind="overflow"
+    # (docs/accounting.md, "Owner budget").
+    max_owner_series: int = 1000
     deadline: float = 40.0  # below the unit's TimeoutStartSec=50, so the run, not systemd, writes the failed file
     interval: Optional[float] = None  # None: one collection, then exit; else the long-running mode's write period
     sample_interval: float = 5.0  # long-running mode: seconds between per-process utilisation samples
@@ -61,9 +67,11 @@ CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
     "pod_resources_socket": str,
     "pod_resources_timeout": _NUMBER,
     "resource_names": list,
+    "cgroup_roots": list,
     "label_prefix": str,
     "command_args": bool,
     "max_process_series": int,
+    "max_owner_series": int,
     "deadline": _NUMBER,
     "interval": _NUMBER,
     "sample_interval": _NUMBER,
@@ -118,9 +126,15 @@ def build(values: Mapping[str, Any]) -> Settings:
     resource_names = tuple(v.get("resource_names", ()))
     if not all(isinstance(name, str) and name for name in resource_names):
         raise UsageError("resource_names must list extended-resource names")
+    cgroup_roots = tuple(v.get("cgroup_roots", ()))
+    if not all(isinstance(root, str) and root.startswith("/") and root.strip("/") for root in cgroup_roots):
+        raise UsageError("cgroup_roots must list cgroup paths below the root, each starting with /")
     max_series = v.get("max_process_series", DEFAULTS.max_process_series)
     if max_series < 0:
         raise UsageError("--max-process-series must be 0 or more")
+    max_owners = v.get("max_owner_series", DEFAULTS.max_owner_series)
+    if max_owners < 0:
+        raise UsageError("--max-owner-series must be 0 or more")
     log_level = str(v.get("log_level", DEFAULTS.log_level)).lower()
     if log_level not in LOG_LEVELS:
         raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
@@ -133,9 +147,11 @@ def build(values: Mapping[str, Any]) -> Settings:
         pod_resources_timeout=_positive(v.get("pod_resources_timeout", DEFAULTS.pod_resources_timeout),
                                         "--pod-resources-timeout"),
         resource_names=resource_names,
+        cgroup_roots=cgroup_roots,
         label_prefix=label_prefix,
         command_args=bool(v.get("command_args", DEFAULTS.command_args)),
         max_process_series=max_series,
+        max_owner_series=max_owners,
         deadline=_positive(v.get("deadline", DEFAULTS.deadline), "--deadline"),
         interval=_positive(v["interval"], "--interval") if "interval" in v else None,
         sample_interval=_positive(v.get("sample_interval", DEFAULTS.sample_interval), "--sample-interval"),

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from collector import accounting
+from collector import accounting, safeio
 from collector.accounting import Ledger
 from collector.allocation import History, HistoryKey
 from collector.model import Mutable
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2 added the accounting ledger; a version 1 file is read, its counters start from 0
 STATE_FILE = "state.json"
+# 1.34 MiB at the largest scale the README promises (5,000 GPU processes in 1,000 pods, bench/run.py): six times
+# that is no state this collector wrote, and parsing it stays within the unit's memory (docs/reading-files.md)
+MAX_STATE_BYTES = 8 << 20
 
 
 class State(Mutable):
@@ -57,14 +60,17 @@ def _number(value: Any) -> Optional[float]:
 
 
 def load(state_dir: str) -> State:
+    """The state the last run saved. A file that cannot be read (not a regular file, larger than MAX_STATE_BYTES,
+    not JSON within collector.safeio's bounds) is logged once and the run starts afresh: counters from zero, and
+    its own file replaces the bad one."""
     path = os.path.join(state_dir, STATE_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        # non-finite numbers are judged field by field below (a bad last_success costs no counters)
+        raw = safeio.read_json(path, MAX_STATE_BYTES, finite=False)
     except FileNotFoundError:
         return State()
-    except (OSError, ValueError) as err:
-        log.warning("state file %s unreadable, starting afresh: %s", path, err)
+    except safeio.Refused as err:
+        log.warning("state file unusable, starting afresh (accounting counters from 0): %s", err)
         return State()
     if not isinstance(raw, dict):
         log.warning("state file %s is not a JSON object, starting afresh", path)
@@ -132,7 +138,8 @@ def save(state_dir: str, state: State) -> None:
     }
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        text = json.dumps(document, separators=(",", ":"))  # compact: the file holds every process and owner
+        # compact: the file holds every process and owner; no NaN or Infinity, which the next load would refuse
+        text = json.dumps(document, separators=(",", ":"), allow_nan=False)
         atomic_write(os.path.join(state_dir, STATE_FILE), text.encode(), mode=0o600)
-    except (OSError, WriteError) as err:
+    except (OSError, WriteError, ValueError) as err:
         log.warning("state not saved (the next run reads the last minute of samples again): %s", err)

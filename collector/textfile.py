@@ -8,7 +8,12 @@ crash the renamed file could be empty, and under a strict umask node_exporter (u
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import time
+
+log = logging.getLogger(__name__)
 
 TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # as tempfile.mkstemp
 
@@ -45,11 +50,39 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
         _fsync_directory(directory)
 
 
+TEMPORARY_HEX = 12  # the random part of a temporary name: os.urandom(6).hex()
+
+
+def remove_stale_temporaries(path: str, older_than: float) -> None:
+    """Removes the temporary files atomic_write left for path in a run that was killed while it wrote (SIGKILL,
+    an OOM kill, a power loss): only names of this module's own pattern for this very path
+    (`.<name>.<12 hex digits>.tmp`), only regular files, and only those last modified more than older_than
+    seconds ago (longer than any run may take: its deadline), so a run still writing is never disturbed and
+    another tool's files are never touched. Nothing is raised: a directory that cannot be listed is the write's
+    problem, reported there."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + f"[0-9a-f]{{{TEMPORARY_HEX}}}" + r"\.tmp")
+    cutoff = time.time() - older_than
+    try:
+        with os.scandir(directory) as entries:
+            stale = [e for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                     and e.stat(follow_symlinks=False).st_mtime < cutoff]
+    except OSError:
+        return
+    for entry in stale:
+        try:
+            os.unlink(entry.path)
+        except OSError as err:
+            log.warning("cannot remove %s, left by an interrupted run: %s", entry.path, err.strerror or err)
+        else:
+            log.info("removed %s, left by an interrupted run", entry.path)
+
+
 def _create_temporary(directory: str, prefix: str) -> tuple[int, str]:
     """A new file only this process opened (mode 0600, O_EXCL), as tempfile.mkstemp makes one; without importing
     tempfile, which brings shutil, random and three compression modules into every run."""
     for _ in range(100):
-        tmp = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(directory, f"{prefix}{os.urandom(TEMPORARY_HEX // 2).hex()}.tmp")
         try:
             return os.open(tmp, TEMPORARY_FLAGS, 0o600), tmp
         except FileExistsError:

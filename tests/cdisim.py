@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from collector.miniyaml import resolve_plain
+import yaml
+
 from tests.simhost import HostTree
 
 DRA_KIND = "k8s.gpu.nvidia.com/claim"
@@ -111,10 +112,15 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     text = str(value)
-    plain_ok = (text and resolve_plain(text) == text and text.strip() == text and ": " not in text
+    plain_ok = (text and _plain_is_string(text) and text.strip() == text and ": " not in text
                 and " #" not in text and not text.endswith(":") and text[0] not in "-?:,[]{}#&*!|>'\"%@`"
                 and text.isprintable())
     return text if plain_ok else json.dumps(text)
+
+
+def _plain_is_string(text: str) -> bool:
+    """Whether text, written plain, reads back as that string (not a number, a boolean or null)."""
+    return bool(yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == "tag:yaml.org,2002:str")
 
 
 def go_yaml(document: dict[str, Any]) -> str:

@@ -71,6 +71,17 @@ def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
+def assert_unique_series(text: str) -> None:
+    """No two samples of one name with one label set. promtool accepts such a file; node_exporter logs "collected
+    before with the same name and label values" and serves only one of them, silently."""
+    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in seen, f"two series {s.name}{dict(s.labels)}"
+            seen.add(key)
+
+
 def promtool_check(text: str) -> None:
     promtool = require_tool("promtool")
     result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False)
@@ -144,6 +155,7 @@ class Host:
         text = proc.stdout.decode() if stdout else (self.prom.read_text() if self.prom.exists() else "")
         if check_file and text:
             promtool_check(text)
+            assert_unique_series(text)
         return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
                       text)
 

@@ -93,6 +93,26 @@ def cgroup_text(pod: Pod, container: Container, *, runtime: str, driver: str, ve
     return "\n".join(lines) + "\n"
 
 
+def pod_parent(pod: Pod, driver: str) -> str:
+    """The cgroup parent kubelet hands the runtime for the pod (CRI LinuxPodSandboxConfig.cgroup_parent): the pod's
+    slice name with the systemd driver, its path with cgroupfs."""
+    if driver == "systemd":
+        qos = "" if pod.qos == "guaranteed" else f"-{pod.qos}"
+        return f"kubepods{qos}-pod{pod.uid.replace('-', '_')}.slice"
+    return "/kubepods" + ("" if pod.qos == "guaranteed" else f"/{pod.qos}") + f"/pod{pod.uid}"
+
+
+def cgroups_path(pod: Pod, container: Container, *, runtime: str, driver: str) -> str:
+    """The OCI spec's linux.cgroupsPath the runtime writes for a pod's container: containerd's getCgroupsPath
+    (`<parent slice>:cri-containerd:<id>`, else `<parent>/<id>`), CRI-O's ContainerCgroupPath (`<parent>:crio:<id>`,
+    else `<parent>/crio-<id>`)."""
+    parent = pod_parent(pod, driver)
+    prefix = {"containerd": "cri-containerd", "crio": "crio"}[runtime]
+    if driver == "systemd":
+        return f"{parent}:{prefix}:{container.id}"
+    return f"{parent}/{container.id}" if runtime == "containerd" else f"{parent}/crio-{container.id}"
+
+
 class PodHost:
     """Adds pods to a HostTree: runtime metadata under the runtime's state dir, kubelet's log dirs, cgroup files."""
 
@@ -130,7 +150,7 @@ class PodHost:
                 "io.kubernetes.cri.sandbox-uid": pod.uid,
             }
             spec = {"ociVersion": "1.1.0", "process": {"args": ["python3"]}, "annotations": annotations,
-                    "linux": {"cgroupsPath": f"kubepods-pod{pod.uid.replace('-', '_')}.slice:cri-containerd:{c.id}"}}
+                    "linux": {"cgroupsPath": cgroups_path(pod, c, runtime="containerd", driver=self.driver)}}
             path = f"{self.state_dir}/io.containerd.runtime.v2.task/k8s.io/{c.id}/config.json"
             self.tree.write(f"{self.state_dir}/io.containerd.runtime.v2.task/k8s.io/{c.id}/init.pid", "1")
             return self.tree.write(path, json.dumps(spec))
@@ -142,13 +162,18 @@ class PodHost:
                 "io.kubernetes.cri-o.ContainerType": "container", "io.kubernetes.cri-o.ContainerID": c.id,
             }
             path = f"run/containers/storage/overlay-containers/{c.id}/userdata/config.json"
-            return self.tree.write(path, json.dumps({"ociVersion": "1.0.2-dev", "annotations": annotations}))
+            spec = {"ociVersion": "1.0.2-dev", "annotations": annotations,
+                    "linux": {"cgroupsPath": cgroups_path(pod, c, runtime="crio", driver=self.driver)}}
+            return self.tree.write(path, json.dumps(spec))
         # cri-dockerd 0.3 on docker 24: kubelet labels on the container, in config.v2.json
         labels = {"io.kubernetes.pod.name": pod.name, "io.kubernetes.pod.namespace": pod.namespace,
                   "io.kubernetes.pod.uid": pod.uid, "io.kubernetes.container.name": c.name,
                   "io.kubernetes.docker.type": "container"}
         doc = {"ID": c.id, "Name": f"/k8s_{c.name}_{pod.name}_{pod.namespace}_{pod.uid}_0",
                "Config": {"Labels": labels}}
+        # cri-dockerd passes kubelet's parent as HostConfig.CgroupParent, which docker keeps in hostconfig.json
+        host_config = {"CgroupParent": pod_parent(pod, self.driver), "NetworkMode": "none", "Privileged": False}
+        self.tree.write(f"var/lib/docker/containers/{c.id}/hostconfig.json", json.dumps(host_config))
         return self.tree.write(f"var/lib/docker/containers/{c.id}/config.v2.json", json.dumps(doc))
 
     def add_process(self, pid: int, pod: Pod, container: Optional[Container] = None, comm: str = "python3",

@@ -42,6 +42,10 @@ ALL_OPTIONAL: dict[str, Any] = {
     "gpu_proc_collector_command_args": True,
     "gpu_proc_collector_max_process_series": 500,
     "gpu_proc_collector_timeout_sec": 30,
+    "gpu_proc_collector_rootless_users": ["alice", "svc-infer"],
+    # What preflight.yml reads from the host's user database for them (getent passwd).
+    "_gpu_proc_collector_rootless_homes": {"alice": ["x", "1000", "1000", "", "/home/alice", "/bin/bash"],
+                                           "svc-infer": ["x", "990", "990", "", "/srv/infer", "/usr/sbin/nologin"]},
 }
 
 

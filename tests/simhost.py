@@ -199,11 +199,14 @@ def write_scenario(path: Path, document: dict[str, Any]) -> Path:
 
 
 def write_podman_store(tree: HostTree, containers: dict[str, str], *, root: str = "var/lib/containers/storage",
-                       driver: str = "overlay", listing: str = "containers.json") -> Path:
+                       driver: str = "overlay", listing: str = "containers.json",
+                       cgroup_parent: str = "machine.slice") -> Path:
     """podman's containers in a containers/storage store under tree: `<root>/<driver>-containers/<listing>` as
     go.podman.io/storage writes it (id, names, image, layer, metadata: libpod's RuntimeContainerMetadata as a JSON
     string), and each container's userdata/config.json, whose annotations carry no name.
-    containers: container id -> name. root: rootful graph root, or a user's ~/.local/share/containers/storage."""
+    containers: container id -> name. root: rootful graph root, or a user's ~/.local/share/containers/storage.
+    cgroup_parent: the slice podman passes to the runtime with the systemd manager, as linux.cgroupsPath
+    `<slice>:libpod:<id>` (libpod getOCICgroupPath; rootless: user.slice)."""
     entries = []
     for cid, name in containers.items():
         metadata = {"image-name": "quay.io/vllm/vllm-openai:latest", "image-id": "f" * 64, "name": name,
@@ -212,7 +215,8 @@ def write_podman_store(tree: HostTree, containers: dict[str, str], *, root: str 
                         "metadata": json.dumps(metadata), "created": "2025-12-01T10:00:00.000000000Z",
                         "flags": {"MountLabel": "", "ProcessLabel": ""}})
         spec = {"ociVersion": "1.2.0", "annotations": {"io.container.manager": "libpod",
-                                                        "org.opencontainers.image.stopSignal": "15"}}
+                                                        "org.opencontainers.image.stopSignal": "15"},
+                "linux": {"cgroupsPath": f"{cgroup_parent}:libpod:{cid}"}}
         tree.write(f"{root}/{driver}-containers/{cid}/userdata/config.json", json.dumps(spec))
     return tree.write(f"{root}/{driver}-containers/{listing}", json.dumps(entries))
 

@@ -199,7 +199,7 @@ def test_counters_never_go_backwards_and_energy_always_adds_up(runs: list[tuple[
                    for gpu, new_mj in energy.items()) if accountable else 0.0
         records = [_record(100 + i, pod, sm, mig) for i, (pod, sm, mig) in enumerate(processes)]
         new = accounting.account(ledger, records, [r.key for r in records], {"1_1_0": _activity(40.0)}, energy,
-                                 last_success=last, now=now, nominal_interval=60)
+                                 last_success=last, now=now, nominal_interval=60, max_owners=1000)
         for key, usage in new.owners.items():
             before = ledger.owners.get(key, accounting.OwnerUsage())
             for name in ("gpu_seconds", "sm_seconds", "memory_byte_seconds", "energy_joules"):

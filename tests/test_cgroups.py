@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.cgroups import CgroupOwner, parse_cgroup
+from collector.cgroups import CgroupOwner, agrees, parse_cgroup, parse_roots, systemd_path
 from collector.model import OWNER_KINDS, OwnerKind
 
 CID = "4f7c1f2d9a8b" + "0123456789abcdef" * 3 + "0123"
@@ -450,10 +450,11 @@ REAL_HOSTS: dict[str, tuple[str, str, CgroupOwner]] = {
     "docker cgroupfs cgroup v1 (Ubuntu)": (NV + " TestDockerIDUbuntu, adapted",
         v1("/docker/31cb02944da7a12196a193cf0e0f6c226d7c453a1db62e65ba98287593a2ee30"),
         container("docker", "31cb02944da7a12196a193cf0e0f6c226d7c453a1db62e65ba98287593a2ee30", "docker")),
-    "docker-in-docker (RancherOS): the inner container": (NV + " TestDockerIDRancherOS, adapted",
+    # the inner engine runs inside the outer container, whose tenant controls it: the outer one is the owner
+    "docker-in-docker (RancherOS): the outer container": (NV + " TestDockerIDRancherOS, adapted",
         v1("/docker/a9a5ad238e59234193ee7ec3fcff5e735b3708ea1068826952255b69e3cfa413/docker/"
            "ec08435e04266c5ba381fccbb829f626d11d8ddf5f8f547263c7a2d79ab4787a"),
-        container("docker", "ec08435e04266c5ba381fccbb829f626d11d8ddf5f8f547263c7a2d79ab4787a", "docker")),
+        container("docker", "a9a5ad238e59234193ee7ec3fcff5e735b3708ea1068826952255b69e3cfa413", "docker")),
     "docker 20.10 cgroup v2 through a cgroup namespace (openSUSE)": (NV + " TestDockerNative_Container_Cgroupv2",
         "0::/../docker-1f1d6e2d4940ddac13abd421a2617992bf89f0e0f9a902ed58278c5f843e9ae7.scope\n",
         container("docker", "1f1d6e2d4940ddac13abd421a2617992bf89f0e0f9a902ed58278c5f843e9ae7", "docker")),
@@ -533,9 +534,34 @@ REAL_HOSTS: dict[str, tuple[str, str, CgroupOwner]] = {
 }
 
 
-@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in REAL_HOSTS.values()], ids=list(REAL_HOSTS))
-def test_real_host_layouts(text: str, expected: CgroupOwner) -> None:
-    same(text, expected)
+# Nested kubelets (kind, minikube) under their node container's cgroup: pods only where the operator names the node
+# containers as cgroup roots (cgroup_roots); "/docker/*" names every docker container.
+NESTED = {"kind node: v1 lines under /docker/<node>/kubepods, unified at containerd.service",
+          "kind node in docker, single v1 line", "minikube multinode: CRI-O pods under /docker/<node>/kubepods.slice"}
+DOCKER_ROOTS = parse_roots(("/docker/*",))
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [(n, t, e) for n, (_, t, e) in REAL_HOSTS.items()],
+                         ids=list(REAL_HOSTS))
+def test_real_host_layouts(name: str, text: str, expected: CgroupOwner) -> None:
+    got = parse_cgroup(text, DOCKER_ROOTS if name in NESTED else ())
+    assert owner_fields(got) == owner_fields(expected)
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_nested_kubelet_without_its_root_is_the_node_container(name: str) -> None:
+    """Without the node container named as a cgroup root, a kubepods tree below it is what any container with a
+    writable cgroupfs can make: the owner is the node container, and the pod name a conflict."""
+    _, text, expected = REAL_HOSTS[name]
+    got = parse_cgroup(text)
+    assert (got.kind, got.pod_uid, got.conflict) == (OwnerKind.DOCKER, "", "nested_below_container")
+    assert got.container_id != expected.container_id
+
+
+def test_a_root_matches_whole_segments_only() -> None:
+    text = f"0::/docker/{SPIRE_CID}x/kubepods/besteffort/pod{SPIRE_UID}/{SPIRE_CID}\n"
+    assert parse_cgroup(text, parse_roots((f"/docker/{SPIRE_CID}",))).kind != OwnerKind.POD
+    assert parse_cgroup(text, parse_roots((f"/docker/{SPIRE_CID}x",))).pod_uid == SPIRE_UID
 
 
 def test_at_least_forty_real_host_files() -> None:
@@ -574,3 +600,127 @@ def test_cgroup_like_text_never_raises_nor_makes_up_a_pod_or_container(text: str
 def test_owner_kinds_are_one_set_of_constants() -> None:
     assert set(OWNER_KINDS) == {v for k, v in vars(OwnerKind).items() if k.isupper()}
     assert {parse_cgroup(t).kind for t, _ in CASES.values()} <= set(OWNER_KINDS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trust: a name counts only where kubelet and the runtimes put it (docs/runtimes-and-cgroups.md, "Trust")
+
+A_SCOPE = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope"
+FORGED = {  # names a tenant can give a cgroup it may create, to pass as pod UID2's container CID2
+    "verbatim": f"kubepods-besteffort-pod{UID2_}.slice:cri-containerd:{CID2}",
+    "conmon": f"kubepods-besteffort-pod{UID2_}.slice/crio-conmon-{CID2}.scope",
+    "slices": f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID2_}.slice/crio-{CID2}.scope",
+    "cgroupfs": f"kubepods/besteffort/pod{UID2}/{CID2}",
+    "docker": f"docker-{CID2}.scope",
+    "podman": f"libpod-{CID2}.scope",
+}
+
+
+@pytest.mark.parametrize("form", list(FORGED))
+def test_a_name_below_a_container_is_the_container(form: str) -> None:
+    got = parse_cgroup(f"0::{A_SCOPE}/{FORGED[form]}\n")
+    assert (got.kind, got.pod_uid, got.container_id, got.conflict) == ("pod", UID, CID, "nested_below_container")
+
+
+@pytest.mark.parametrize("form", list(FORGED))
+@pytest.mark.parametrize(("parent", "kind", "name"), [
+    ("/user.slice/user-1000.slice/user@1000.service", "host", "user-1000"),
+    ("/user.slice/user-1000.slice/user@1000.service/app.slice/x.service", "host", "user-1000"),
+    ("/user.slice/user-1000.slice/session-4.scope", "host", "user-1000"),
+    ("/system.slice/any.service", "systemd", "any.service"),
+    ("/system.slice/slurmstepd.scope/job_7/step_0/user", "slurm", "job_7/step_0"),
+    ("/machine.slice/machine-qemu-1-vm.scope", "host", ""),
+    (f"/docker/{CID}", "docker", ""),
+    ("/lxc.payload.tenant", "host", ""),
+])
+def test_a_name_below_a_delegated_cgroup_is_that_cgroup(form: str, parent: str, kind: str, name: str) -> None:
+    got = parse_cgroup(f"0::{parent}/{FORGED[form]}\n")
+    assert (got.kind, got.name, got.pod_uid) == (kind, name, "")
+    assert got.container_id in ("", CID)
+    assert got.conflict in ("untrusted_position", "nested_below_container")
+
+
+def test_rootless_names_count_only_where_rootless_podman_puts_them() -> None:
+    manager = "/user.slice/user-1000.slice/user@1000.service"
+    assert parse_cgroup(f"0::{manager}/user.slice/libpod-{CID2}.scope\n").kind == "podman"
+    assert parse_cgroup(f"0::{manager}/user.slice/docker-{CID2}.scope\n").user_uid == "1000"
+    for elsewhere in (f"app.slice/x.service/libpod-{CID2}.scope", f"user.slice/cri-containerd-{CID2}.scope",
+                      f"user.slice/x.slice:libpod:{CID2}", f"user.slice/libpod-{CID}.scope/libpod-{CID2}.scope"):
+        got = parse_cgroup(f"0::{manager}/{elsewhere}\n")
+        assert got.container_id != CID2, elsewhere
+
+
+def test_the_user_manager_of_another_uid_is_not_a_rootless_position() -> None:
+    got = parse_cgroup(f"0::/user.slice/user-1000.slice/user@1001.service/user.slice/libpod-{CID2}.scope\n")
+    assert (got.kind, got.container_id, got.conflict) == ("systemd", "", "untrusted_position")
+
+
+def test_a_verbatim_name_counts_only_under_slices_or_a_runtime_s_own_cgroup() -> None:
+    verbatim = FORGED["verbatim"]
+    for parent in ("", "/system.slice", "/system.slice/containerd.service", "/system.slice/crio.service",
+                   "/kuberuntime/containerd"):
+        assert parse_cgroup(f"0::{parent}/{verbatim}\n").pod_uid == UID2, parent
+    for parent in ("/system.slice/any.service", "/tenant", "/system.slice/containerd.service/x"):
+        assert parse_cgroup(f"0::{parent}/{verbatim}\n").pod_uid == "", parent
+
+
+def test_slurm_names_count_only_at_slurm_s_own_position() -> None:
+    assert parse_cgroup(f"0::{A_SCOPE}/slurmstepd.scope/job_7/step_0\n").kind == "pod"
+    assert parse_cgroup("0::/system.slice/any.service/slurm/uid_1/job_7/step_0\n").kind == "systemd"
+    assert parse_cgroup("0::/system.slice/any.service/slurmstepd.scope/job_7/step_0\n").kind == "systemd"
+    assert parse_cgroup("0::/user.slice/user-1000.slice/user@1000.service/x.slice/slurmstepd.scope/job_7\n"
+                        ).name == "user-1000"
+
+
+def test_bare_ids_below_an_owner_are_no_conflict() -> None:
+    """Runtimes make such sub-cgroups themselves (`ctr run` with cgroupfs, an engine inside a container)."""
+    assert parse_cgroup(f"0::/default/{CID}\n").conflict == ""
+    assert parse_cgroup(f"0::/docker/{CID}/docker/{CID2}\n").conflict == ""
+    assert parse_cgroup(f"0::/docker/{CID}/docker-{CID2}.scope\n").conflict == "nested_below_container"
+
+
+def test_a_conflict_on_any_line_of_a_hybrid_file_is_reported() -> None:
+    text = f"4:memory:/system.slice/any.service/{FORGED['verbatim']}\n0::{A_SCOPE}\n"
+    got = parse_cgroup(text)
+    assert (got.pod_uid, got.conflict) == (UID, "untrusted_position")
+
+
+@pytest.mark.parametrize(("recorded", "path", "expected"), [
+    # containerd, systemd driver: the recorded form expands to the scope
+    (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}", A_SCOPE, True),
+    (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}", A_SCOPE + "/container", True),
+    (f"kubepods-besteffort-pod{UID_}.slice:cri-containerd:{CID}", A_SCOPE, False),
+    (f"kubepods-burstable-pod{UID2_}.slice:cri-containerd:{CID}", A_SCOPE, False),
+    # cgroupfs driver: the recorded path itself
+    (f"/kubepods/burstable/pod{UID}/{CID}", f"/kubepods/burstable/pod{UID}/{CID}", True),
+    (f"/kubepods/burstable/pod{UID2}/{CID}", f"/kubepods/burstable/pod{UID}/{CID}", False),
+    (f"/kubepods/burstable/pod{UID}/{CID}", f"/kubepods/kubepods/burstable/pod{UID}/{CID}", False),  # elsewhere
+    # verbatim: the directory is the recorded string, under the runtime's cgroup
+    (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}",
+     f"/system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}", True),
+    (f"kubepods-burstable-pod{UID2_}.slice:cri-containerd:{CID}",
+     f"/system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}", False),
+    # through a cgroup namespace: a tail of the recorded path starts the path
+    (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}",
+     f"/../../kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope", True),
+    (f"kubepods-burstable-pod{UID2_}.slice:cri-containerd:{CID}",
+     f"/../../kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope", False),
+    # CRI-O's conmon beside its container
+    (f"kubepods-burstable-pod{UID_}.slice:crio:{CID}",
+     f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-conmon-{CID}.scope", True),
+    (f"/kubepods/burstable/pod{UID}/crio-{CID}", f"/kubepods/burstable/pod{UID}/crio-conmon-{CID}", True),
+    (f"/kubepods/burstable/pod{UID2}/crio-{CID}", f"/kubepods/burstable/pod{UID}/crio-conmon-{CID}", False),
+    # cri-dockerd: CgroupParent with docker's leaf
+    (f"kubepods-burstable-pod{UID_}.slice:docker:{CID}",
+     f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/docker-{CID}.scope", True),
+    ("", A_SCOPE, False),
+])
+def test_a_recorded_cgroup_agrees_only_with_its_own_place(recorded: str, path: str, expected: bool) -> None:
+    assert agrees(recorded, parse_cgroup(f"0::{path}\n")) is expected
+
+
+def test_systemd_path_expands_slices_as_runc_does() -> None:
+    assert systemd_path("a-b-c.slice:p:x") == "/a.slice/a-b.slice/a-b-c.slice/p-x.scope"
+    assert systemd_path("-.slice:p:x") == "/p-x.scope"
+    for bad in ("a--b.slice:p:x", "a/b.slice:p:x", "a.scope:p:x", "a.slice:p", "a.slice:p:"):
+        assert systemd_path(bad) == "", bad

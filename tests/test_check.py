@@ -282,7 +282,7 @@ def test_a_runtime_directory_that_cannot_be_listed_is_an_error(host: Host) -> No
 def test_no_runtime_directory_is_ok(host: Host) -> None:
     result = check(host, two_gpus())
     assert (f"ok: no container runtime directory under {host.tree.root} (containerd, k3s containerd, microk8s "
-            "containerd, CRI-O, docker, kubelet pod log): owners come from cgroups only") in lines(result)
+            "containerd, CRI-O, docker, podman, kubelet pod log): owners come from cgroups only") in lines(result)
 
 
 def test_a_hung_nvml_call_ends_the_check_at_the_deadline(host: Host) -> None:

@@ -4,6 +4,7 @@ worker's PTX and ctypes calls against a stand-in libcuda.so.1 built here."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -23,6 +24,10 @@ from tests.conftest import REPO, require_tool
 
 SCRIPT = REPO / "bench" / "device_check.sh"
 WORKER = [sys.executable, str(REPO / "bench" / "device_check.py"), "worker"]
+
+
+SANDBOX_CHECKS = ("sandbox-up", "sandbox-pids", "sandbox-status[busy100]", "sandbox-status[idle]",
+                  "sandbox-util[busy100]")
 
 
 def run_check(out: Path, *args: str, env: Optional[dict[str, str]] = None,
@@ -47,28 +52,37 @@ def workers_gone(out: Path) -> None:
 def test_stand_in_check_passes(tmp_path: Path) -> None:
     result = run_check(tmp_path, "--stand-in", "--interval", "1")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.match(r"device-check stand-in: PASS \((15 passed, 0 failed, 2 skipped|17 passed, 0 failed, 0 skipped)\)",
+    assert re.match(r"device-check stand-in: PASS \((17 passed, 0 failed, 5 skipped|22 passed, 0 failed, 0 skipped)\)",
                     result.stdout), result.stdout
     found = checks(tmp_path)
     for name in ("collector-runs[full]", "collector-runs[duty30]", "pid-listed[idle]", "pid-listed[busy100]",
                  "pid-listed[busy30]", "memory[idle]", "memory[busy100]", "memory[busy30]", "util[busy100]",
-                 "util[busy30]", "status[busy100]", "status[busy30]", "status[idle]", "nvidia-smi[full]",
-                 "nvidia-smi[duty30]"):
+                 "util[busy30]", "status[busy100]", "status[busy30]", "status[idle]", "gpm[full]", "gpm[duty30]",
+                 "nvidia-smi[full]", "nvidia-smi[duty30]"):
         assert found.pop(name) == "PASS", name
     # The sandbox run needs systemd as PID 1 and root: where it can run, it runs (and passes) in stand-in mode too.
     sandbox = "PASS" if device_check.systemd_is_pid1() and os.geteuid() == 0 else "SKIP"
-    assert found == {"sandbox-up": sandbox, "sandbox-pids": sandbox}
+    assert found == dict.fromkeys(SANDBOX_CHECKS, sandbox)
     report = (tmp_path / "device-check.md").read_text()
     assert report.startswith("# Device check: PASS")
     # What is recorded for a real GPU: entries per PID, the size query's answer, sample spacing, GPM, MIG mode.
     # The stand-in plays the documented shape: one entry per process with activity, the newest.
     assert "size query (NULL buffer) answered {'return': 7, 'name': 'Insufficient Size', 'count': 2}" in report
     assert re.search(r"\| busy30 \(\d+\) \| 1 \| ", report)
-    assert "GPM supported: False" in report
+    assert "GPM supported: True" in report
     assert "MIG mode {'current': 0" in report
     record = json.loads((tmp_path / "device-check.json").read_text())
-    assert set(record["phases"]) == {"full", "duty30", "one-block", "both"}
+    assert set(record["phases"]) == {"full", "duty30", "one-block", "both", "step"}
     assert record["phases"]["both"]["probe"]["gpu"]["per_pid"]["busy30"]["entries"] == 1
+    # The step phase: busy100 paused halfway; the stand-in's one entry per process is its newest sample, from
+    # before the pause, so the collector reports ~100 and the entry's age is about half the interval.
+    step = record["phases"]["step"]
+    assert step["collector"]["busy100"]["utilization"] == 100
+    probe = step["probe"]["gpu"]
+    assert all(age > 0 for age in probe["per_pid"]["busy100"]["age_ms"])
+    assert probe["newest_spread_ms"] == 0.0  # one busy process: nothing to spread
+    assert re.search(r"\| busy100 \(\d+\) \| 1 \| - \| [0-9.]+ / [0-9.]+ / [0-9.]+ \| 100 / 100 / 100 \| 100 \|",
+                     report)
     for raw in ("full.measure.prom", "duty30.prime.prom", "both.probe.json", "full.nvidia-smi.csv", "discover.json"):
         assert (tmp_path / raw).stat().st_size > 0, raw
     workers_gone(tmp_path)
@@ -94,6 +108,8 @@ def test_stand_in_mig_asserts_the_instance_label_and_unknown_status(tmp_path: Pa
                               "nvidia-smi[full]"}),
         ("util-off", "duty30", {"util[busy30]"}),
         ("idle-active", "full", {"status[idle]"}),
+        ("gpm-off", "full", {"gpm[full]"}),
+        ("gpm-partial", "full", {"gpm[full]"}),
     ],
 )
 def test_a_wrong_answer_fails_the_check(tmp_path: Path, corruption: str, phases: str, failing: set[str]) -> None:
@@ -182,6 +198,14 @@ SystemCallFilter=@system-service \\
 {% if gpu_proc_collector_uvm %}
 DeviceAllow=char-nvidia-uvm rw
 {% endif %}
+{% if gpu_proc_collector_mode == 'service' %}
+Type=notify
+Restart=on-failure
+{% else %}
+TimeoutStartSec=5
+{% endif %}
+{# a comment
+   over two lines #}
 ReadWritePaths={{ a }} {{ b }}
 AmbientCapabilities=
 [Install]
@@ -189,9 +213,10 @@ WantedBy=multi-user.target
 """
     props, skipped = device_check.unit_properties(template)
     assert props == ["Type=oneshot", "SystemCallFilter=@system-service @basic-io", "DeviceAllow=char-nvidia-uvm rw",
-                     "AmbientCapabilities="]
+                     "TimeoutStartSec=5", "AmbientCapabilities=", "Restart=no"]
     assert skipped == ["ExecStart=/bin/true", "{% if gpu_proc_collector_uvm %}", "{% endif %}",
-                       "ReadWritePaths={{ a }} {{ b }}"]
+                       "{% if gpu_proc_collector_mode == 'service' %}", "Type=notify", "Restart=on-failure",
+                       "{% else %}", "{% endif %}", "ReadWritePaths={{ a }} {{ b }}"]
 
 
 def test_sandbox_command_makes_the_checkout_visible() -> None:
@@ -234,17 +259,30 @@ def test_ptx_is_well_formed() -> None:
     assert "ret;" in ptx
 
 
-def test_ptx_assembles_for_hopper(tmp_path: Path) -> None:
-    ptxas = shutil.which("ptxas")
-    if not ptxas:
-        pytest.skip("ptxas (CUDA toolkit) is not installed; the structure is checked by test_ptx_is_well_formed")
+def venv_ptxas() -> str:
+    """NVIDIA's ptxas from nvidia-cuda-nvcc-cu12, installed into the virtualenv with the test extras (pyproject.toml):
+    the one the suite pins, never whichever ptxas a PATH happens to offer."""
+    spec = importlib.util.find_spec("nvidia.cuda_nvcc")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        tool = Path(folder) / "bin" / "ptxas"
+        if os.access(tool, os.X_OK):
+            return str(tool)
+    pytest.fail("NVIDIA's ptxas is not installed (pyproject.toml's test extras bring nvidia-cuda-nvcc-cu12)")
+
+
+# Turing (T4), Ampere (A100), Hopper (H100, H200), Blackwell (B200): what the driver's JIT does on each, this PTX
+# compiled for its architecture (docs/real-gpu-check.md).
+@pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_90", "sm_100"])
+def test_ptx_assembles_for_every_supported_architecture(tmp_path: Path, arch: str) -> None:
+    ptxas = venv_ptxas()
+    assert Path(ptxas).resolve().is_relative_to(Path(sys.prefix).resolve())
     source = tmp_path / "spin.ptx"
     source.write_text(device_check.PTX)
-    # What the driver's JIT does on an H100/H200: this PTX, compiled for sm_90.
-    result = subprocess.run([ptxas, "-arch=sm_90", "-v", str(source), "-o", str(tmp_path / "spin.cubin")],
+    result = subprocess.run([ptxas, f"-arch={arch}", "-v", str(source), "-o", str(tmp_path / "spin.cubin")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert "Compiling entry function 'spin' for 'sm_90'" in result.stdout + result.stderr
+    assert f"Compiling entry function 'spin' for '{arch}'" in result.stdout + result.stderr
+    assert (tmp_path / "spin.cubin").stat().st_size > 0
 
 
 def test_worker_without_libcuda_says_so(tmp_path: Path) -> None:
@@ -392,3 +430,106 @@ def test_worker_reports_the_jit_log(tmp_path: Path, fake_libcuda: Path) -> None:
     assert result.returncode == device_check.EXIT_NO_CUDA
     assert "cuModuleLoadDataEx failed: CUDA_ERROR_INVALID_PTX (218); JIT log: ptxas fatal : stand-in JIT refusal" \
         in result.stderr
+
+
+# ---- the sandbox step, with stand-ins for systemd-run and systemctl (no systemd needed)
+
+SYSTEMD_RUN = """#!{python}
+# A stand-in systemd-run: logs its arguments, then runs the command after "--" with the --setenv variables (or,
+# with STAND_IN_FAIL set, fails as a collector that cannot start would).
+import json, os, subprocess, sys
+args = sys.argv[1:]
+with open(os.environ["STAND_IN_LOG"], "a") as log:
+    log.write(json.dumps(["systemd-run", *args]) + "\\n")
+if os.environ.get("STAND_IN_FAIL"):
+    print("gpu-proc-collector: ERROR: collection failed: NVML init failed: Insufficient Permissions", file=sys.stderr)
+    sys.exit(1)
+split = args.index("--")
+env = dict(os.environ)
+for arg in args[:split]:
+    if arg.startswith("--setenv="):
+        key, _, value = arg[len("--setenv="):].partition("=")
+        env[key] = value
+sys.exit(subprocess.run(args[split + 1:], env=env, check=False).returncode)
+"""
+SYSTEMCTL = """#!{python}
+import json, os, sys
+with open(os.environ["STAND_IN_LOG"], "a") as log:
+    log.write(json.dumps(["systemctl", *sys.argv[1:]]) + "\\n")
+"""
+
+
+def systemd_stand_ins(tmp_path: Path) -> tuple[Path, Path]:
+    tools = tmp_path / "systemd"
+    tools.mkdir()
+    for name, text in (("systemd-run", SYSTEMD_RUN), ("systemctl", SYSTEMCTL)):
+        (tools / name).write_text(text.format(python=sys.executable))
+        (tools / name).chmod(0o755)
+    return tools, tmp_path / "systemd.log"
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def properties(call: list[str]) -> list[str]:
+    return [call[i + 1] for i, arg in enumerate(call) if arg == "-p"]
+
+
+# The long-running mode's [Service] lines: none may reach the timer mode's transient unit.
+SERVICE_ONLY = ("Type=notify", "NotifyAccess=", "ExecReload=", "WatchdogSec=", "RestartSec=",
+                "RestartPreventExitStatus=", "TimeoutStopSec=")
+
+
+@pytest.mark.usefixtures("fake_nvml")
+def test_the_sandbox_step_passes_the_timer_units_settings_and_asserts_as_the_plain_runs(tmp_path: Path) -> None:
+    tools, log = systemd_stand_ins(tmp_path)
+    result = run_check(tmp_path / "out", "--stand-in", "--interval", "1", "--phases", "full",
+                       env={device_check.SYSTEMD_STAND_IN: str(tools), "STAND_IN_LOG": str(log)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = checks(tmp_path / "out")
+    assert {name: found[name] for name in SANDBOX_CHECKS} == dict.fromkeys(SANDBOX_CHECKS, "PASS")
+    runs = [c for c in calls(log) if c[0] == "systemd-run"]
+    assert len(runs) == 2  # prime, measure
+    for run in runs:
+        props = properties(run)
+        assert "Type=oneshot" in props
+        assert [p for p in props if p.startswith("Restart=")] == ["Restart=no"]
+        assert not [p for p in props if p.startswith(SERVICE_ONLY)], props
+        assert "--wait" in run
+    # Every transient unit is stopped and reset afterwards.
+    units = [arg.split("=", 1)[1] for run in runs for arg in run if arg.startswith("--unit=")]
+    assert [c[1:] for c in calls(log) if c[0] == "systemctl"] == [
+        [verb, unit] for unit in units for verb in ("stop", "reset-failed")]
+
+
+@pytest.mark.usefixtures("fake_nvml")
+def test_a_failing_sandboxed_collector_is_reported_with_its_exit_and_its_unit_reset(tmp_path: Path) -> None:
+    tools, log = systemd_stand_ins(tmp_path)
+    out = tmp_path / "out"
+    result = run_check(out, "--stand-in", "--interval", "1", "--phases", "full",
+                       env={device_check.SYSTEMD_STAND_IN: str(tools), "STAND_IN_LOG": str(log), "STAND_IN_FAIL": "1"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    found = checks(out)
+    assert {name for name in SANDBOX_CHECKS if found[name] == "FAIL"} == set(SANDBOX_CHECKS)
+    assert "exit 1/1, gpu_proc_collector_up None/None" in (out / "device-check.md").read_text()
+    assert "Insufficient Permissions" in (out / "sandbox.log").read_text()
+    units = [arg.split("=", 1)[1] for c in calls(log) if c[0] == "systemd-run" for arg in c
+             if arg.startswith("--unit=")]
+    assert len(units) == 2
+    assert [c[1:] for c in calls(log) if c[0] == "systemctl"] == [
+        [verb, unit] for unit in units for verb in ("stop", "reset-failed")]
+
+
+def test_unit_properties_take_the_timer_mode_of_the_template_and_never_restart() -> None:
+    props, skipped = device_check.unit_properties(device_check.UNIT_TEMPLATE.read_text())
+    assert props[0] == "Type=oneshot"
+    assert props[-1] == "Restart=no"
+    assert [p for p in props if p.startswith("Restart")] == ["Restart=no"]
+    assert not [p for p in props if p.startswith(SERVICE_ONLY)]
+    assert "Restart=on-failure" in skipped
+    assert "DevicePolicy=closed" in props
+    # A template that grows a Restart= line of its own for the timer mode still gets Restart=no, once.
+    template = device_check.UNIT_TEMPLATE.read_text().replace("Type=oneshot\n", "Type=oneshot\nRestart=always\n")
+    props, _ = device_check.unit_properties(template)
+    assert [p for p in props if p.startswith("Restart")] == ["Restart=no"]

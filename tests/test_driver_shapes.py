@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tests.conftest import Host
 from tests.simhost import GIB, Gpu, compute_instance, gpu_instance, gpu_uuid, mig_instance, proc, scenario
 
@@ -53,8 +55,10 @@ def test_garbage_entries_never_yield_a_value_outside_0_to_100_nor_blind_later_ru
     assert result.value("gpu_process_utilization", pid="721") == 40
     assert result.value("gpu_process_utilization", pid="722") == 0
     assert result.value("gpu_process_info", pid="722", status="idle") == 1
-    saved = json.loads((host.state_dir / "state.json").read_text())["last_seen_us"][gpu_uuid(0)]
-    assert saved <= time.time() * 1e6
+    saved = json.loads((host.state_dir / "state.json").read_text())["last_seen_us"]
+    assert saved[f"{gpu_uuid(0)}/721"] < time.time() * 1e6
+    assert all(ts <= time.time() * 1e6 for ts in saved.values()), saved
+    assert f"{gpu_uuid(0)}/722" not in saved  # its only plausible-looking entry was in the future
 
     # The next run sees a sample taken after the first run: it was not hidden behind the future timestamp.
     time.sleep(0.05)
@@ -119,3 +123,23 @@ def test_driver_reserved_memory_is_not_unattributed(host: Host) -> None:
     older = host.run(scenario([gpu]), lib=host.lib / "r470")
     assert older.returncode == 0, older.stderr
     assert older.value("gpu_device_memory_used_bytes", gpu="0") == 5 * GIB
+
+
+@pytest.mark.parametrize("refusal", ["NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_ARGUMENT_VERSION_MISMATCH",
+                                     "NVML_ERROR_NO_PERMISSION"])
+def test_memory_v2_refused_on_a_mig_handle_falls_back_to_v1_there_only(host: Host, refusal: str) -> None:
+    """What drivers answer nvmlDeviceGetMemoryInfo_v2 on a MIG device handle is not documented: where it is
+    refused, the instance reports v1's figures (reserved memory included) rather than none, and the whole GPU
+    beside it keeps v2's."""
+    host.tree.add_process(771)
+    host.tree.add_process(772)
+    refusing = mig_instance(0, slot=0, gi=1, ci=0, profile="1g.10gb", total_gib=10, compute=[proc(771, GIB)])
+    refusing["memory"]["reserved"] = GIB // 4
+    refusing["errors"] = {"nvmlDeviceGetMemoryInfo_v2": refusal}
+    whole = Gpu(1, compute=[proc(772, 4 * GIB)], memory_reserved=GIB, extra_used=0)
+    result = host.run(scenario([Gpu(0, mig=[refusing]), whole]))
+    assert result.returncode == 0, result.stderr
+    assert result.value("gpu_device_memory_total_bytes", gpu="0_1_0") == 10 * GIB
+    assert result.value("gpu_device_memory_used_bytes", gpu="0_1_0") == GIB + GIB // 4
+    assert result.value("gpu_device_memory_used_bytes", gpu="1") == 4 * GIB
+    assert result.value("gpu_process_memory_utilization", pid="771") == 10

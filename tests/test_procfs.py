@@ -26,7 +26,8 @@ Outcome = Union[tuple[str, float, str, tuple[str, ...]], str]
 
 
 def psutil_describe(pid: int, with_cmdline: bool) -> Outcome:
-    """collector.procfs.describe as it was written with psutil (commit 5177441), as a plain outcome."""
+    """collector.procfs.describe as it was written with psutil (commit 5177441), as a plain outcome, but for one
+    deliberate change since: a cgroup file that cannot be read drops the process (it was "", a host process)."""
     if pid <= 0:
         return "pid_not_found"
     try:
@@ -45,8 +46,10 @@ def psutil_describe(pid: int, with_cmdline: bool) -> Outcome:
     try:
         with open(os.path.join(psutil.PROCFS_PATH, str(pid), "cgroup"), encoding="utf-8", errors="replace") as f:
             cgroup = f.read()
+    except PermissionError:
+        return "access_denied"
     except OSError:
-        cgroup = ""
+        return "pid_not_found"
     return procfs.printable(name), start, cgroup, cmdline
 
 
@@ -145,6 +148,15 @@ def test_known_shapes_are_described_as_psutil_describes_them(
     with host() as tree:
         write_process(tree, name, cmdline, state)
         assert_same(with_cmdline)
+
+
+def test_a_process_whose_cgroup_cannot_be_read_is_gone_not_a_host_process() -> None:
+    """The process exited between the reads of its stat and its cgroup: without its cgroup its owner is unknown."""
+    with host() as tree:
+        write_process(tree, b"python3", b"python3\x00", cgroup=None)
+        with pytest.raises(procfs.ProcessUnavailable) as raised:
+            procfs.describe(PID)
+    assert raised.value.reason == "pid_not_found"
 
 
 def test_the_start_time_is_boot_time_plus_ticks_and_names_come_from_stat() -> None:

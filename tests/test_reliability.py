@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from collector import podresources_v1_pb2 as api
 from collector.metrics import Report, render_report
-from collector.model import Device, GpuProcess, HostProcess, Owner, ProcessRecord
+from collector.model import Device, GpuProcess, HostProcess, Owner, ProcessRecord, safe_name
 from collector.podresources import allocations, parse_device_id
 from collector.procfs import printable
 from collector.redact import REDACTED, args_label, redact_args
@@ -425,13 +425,18 @@ def test_series_over_the_budget_are_aggregated_per_owner(host: Host) -> None:
 def test_lone_surrogates_in_runtime_metadata_cannot_break_the_file(host: Host) -> None:
     k8s = PodHost(host.tree)
     pod = k8s.add_pod("ml", "train")
-    annotations = ('{"annotations": {"io.kubernetes.cri.sandbox-name": "bad\\ud800name", '
-                   '"io.kubernetes.cri.sandbox-namespace": "ml", "io.kubernetes.cri.container-name": "c\\udfff"}}')
-    k8s.write_metadata(pod, pod.containers[0]).write_text(annotations)
+    spec = k8s.write_metadata(pod, pod.containers[0])
+    cgroups_path = json.loads(spec.read_text())["linux"]["cgroupsPath"]
+    spec.write_text('{"annotations": {"io.kubernetes.cri.sandbox-name": "bad\\ud800name", '
+                    '"io.kubernetes.cri.sandbox-namespace": "ml", "io.kubernetes.cri.container-name": "c\\udfff"}, '
+                    '"linux": {"cgroupsPath": "' + cgroups_path + '"}}')
     k8s.add_process(3950, pod)
     result = host.run(scenario([Gpu(0, compute=[proc(3950)])]))  # promtool checks the file inside run()
     assert result.returncode == 0, result.stderr
-    assert result.value("gpu_process_info", pid="3950", pod="bad\ufffdname", container="c\ufffd") == 1
+    # U+FFFD where the surrogates were, and a suffix from the original name (model.safe_name)
+    assert result.value("gpu_process_info", pid="3950", pod=safe_name("bad\ud800name"),
+                        container=safe_name("c\udfff")) == 1
+    assert safe_name("bad\ud800name").startswith("bad\ufffdname~")
 
 
 # ---- a snapshot that cannot mix two processes ----

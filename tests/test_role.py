@@ -198,7 +198,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
 
 
 def test_the_units_carry_the_translated_schedule_and_limits(rendered: dict[str, dict[str, str]]) -> None:
-    for variant, calendar, quota, memory in (("default", "*-*-* *:0/1:00", "10%", "64M"),
+    for variant, calendar, quota, memory in (("default", "*-*-* *:0/1:00", "10%", "128M"),
                                              ("full", "*-*-* *:0/5:00", "25%", "128M")):
         service = rendered[variant]["gpu-proc-collector.service"].splitlines()
         assert f"CPUQuota={quota}" in service, variant

@@ -8,6 +8,9 @@
 #   guest.sh create NAME PORT PUBKEY [RELEASE]   boot a guest (default bookworm), its sshd on 127.0.0.1:PORT
 #   guest.sh destroy NAME                        stop it, remove its overlay and its cgroup
 #
+# GPC_GUEST_RUNTIMES=1 (molecule/cri): a guest where runc can make containers with the systemd cgroup driver
+# (runtime_guest below).
+#
 # Guests of one release share its base root; guests are created in parallel (create.yml), so the first to need a
 # base builds it under a lock and the others wait for it.
 set -euo pipefail
@@ -75,6 +78,53 @@ own_cgroup() {
     [ -s "$dir/cgroups" ] || { log "found no cgroup hierarchy to give the guest its own cgroup in"; exit 1; }
 }
 
+# What runc needs in an nspawn guest on a cgroup v1 (hybrid) host, each found by its failure there:
+# - nspawn mounts the v1 controller hierarchies read-only ("unable to apply cgroup configuration: mkdir
+#   /sys/fs/cgroup/cpuset/kubepods.slice: read-only file system"); SYSTEMD_NSPAWN_API_VFS_WRITABLE=1 does not
+#   change that, and a --bind onto /sys/fs/cgroup/<controller> fails (nspawn mounts its cgroup tmpfs after the
+#   binds). So the host's /sys/fs/cgroup is bound to /opt/host-cgroup, and a unit the guest runs early binds each
+#   controller from there over the read-only one; the guest's own systemd and unified hierarchies stay nspawn's.
+# - nspawn's seccomp filter denies the keyring calls ("unable to join session keyring: unable to create session
+#   key: operation not permitted"): --system-call-filter=@keyring.
+# - without --private-network nspawn drops CAP_NET_ADMIN, so runc cannot bring up a new network namespace's
+#   loopback ("error during container init: operation not permitted", RTM_NEWLINK answered EPERM).
+# - the guest's root is an overlay, on which containerd's overlayfs snapshotter cannot make its own ("failed to
+#   mount rootfs component &{overlay overlay [index=off workdir=...]}: invalid argument"): /var/lib/containerd is
+#   a directory of the host's, bound in.
+# runc then makes the container's cgroups in the host's controller hierarchies (kubepods.slice/...); the ones
+# this guest created are removed at destroy.
+runtime_args() {
+    local dir="$1"
+    mkdir -p "$dir/containerd"
+    echo --bind=/sys/fs/cgroup:/opt/host-cgroup --bind="$dir/containerd:/var/lib/containerd" \
+        --system-call-filter=@keyring --capability=CAP_NET_ADMIN
+}
+
+runtime_guest() {
+    local root="$1" dir="$2" mount
+    cat >"$root/etc/systemd/system/gpc-host-cgroup.service" <<'UNIT'
+[Unit]
+Description=Writable cgroup v1 controllers for container runtimes (the host's, bound by guest.sh)
+DefaultDependencies=no
+Before=sysinit.target
+ConditionPathIsMountPoint=/opt/host-cgroup
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for c in /opt/host-cgroup/*; do n=$${c##*/}; case $$n in systemd|unified) continue;; esac; [ ! -L "$$c" ] && mountpoint -q "$$c" && [ -d "/sys/fs/cgroup/$$n" ] && mount --bind "$$c" "/sys/fs/cgroup/$$n"; done; true'
+
+[Install]
+WantedBy=sysinit.target
+UNIT
+    mkdir -p "$root/etc/systemd/system/sysinit.target.wants"
+    ln -sf ../gpc-host-cgroup.service "$root/etc/systemd/system/sysinit.target.wants/gpc-host-cgroup.service"
+    # The kubepods trees a runtime in this guest will make in the host's controller hierarchies, where none is yet.
+    for mount in /sys/fs/cgroup/*/; do
+        [ -L "${mount%/}" ] || [ -e "${mount}kubepods.slice" ] || echo "${mount}kubepods.slice" >>"$dir/runtime-cgroups"
+    done
+}
+
 create() {
     local name="$1" port="$2" pubkey="$3" release="${4:-bookworm}"
     local dir="$RUNDIR/$name"
@@ -102,10 +152,15 @@ CONF
     # replace-host: Ubuntu 22.04's /etc/resolv.conf is a link to systemd-resolved's stub, which has no upstream
     # server in a guest without a network manager (apt failed: "Temporary failure resolving"); a copy of the
     # host's file replaces the link.
+    local extra=()
+    if [ "${GPC_GUEST_RUNTIMES:-0}" = 1 ]; then
+        runtime_guest "$root" "$dir"
+        read -r -a extra <<<"$(runtime_args "$dir")"
+    fi
     (
         own_cgroup "$dir"
         exec setsid systemd-nspawn --boot --register=no --keep-unit --console=passive --resolv-conf=replace-host \
-            --machine="$name" --directory="$root" </dev/null >"$dir/console.log" 2>&1
+            "${extra[@]}" --machine="$name" --directory="$root" </dev/null >"$dir/console.log" 2>&1
     ) &
     echo $! >"$dir/nspawn.pid"
     for _ in $(seq 1 120); do
@@ -132,18 +187,22 @@ destroy() {
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid"  # nspawn asks the guest's systemd for an orderly poweroff
             for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            # A killed nspawn leaves its guest running: kill the guest's init (nspawn's child) first, which ends
+            # every process in the guest's PID namespace, containers included.
+            pkill -KILL -P "$pid" 2>/dev/null || true
             kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
     if mountpoint -q "$dir/root"; then
         umount "$dir/root" || umount -l "$dir/root"
     fi
-    if [ -f "$dir/cgroups" ]; then
-        local group
+    local list group
+    for list in "$dir/cgroups" "$dir/runtime-cgroups"; do
+        [ -f "$list" ] || continue
         while read -r group; do
             find "$group" -depth -type d -exec rmdir {} + 2>/dev/null || true
-        done <"$dir/cgroups"
-    fi
+        done <"$list"
+    done
     rm -rf "$dir"
 }
 

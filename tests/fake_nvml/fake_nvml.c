@@ -12,7 +12,8 @@
  *   FAKE_VARIANT_R470  no *_RunningProcesses_v3, no nvmlDeviceGetProcessesUtilizationInfo, no
  *                      nvmlDeviceGetMemoryInfo_v2 (NVML 11.6, R510) and no GPM (NVML 11.8/12.0, R520/R525):
  *                      R470..R495 drivers
- *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (docs/nvml-driver.md)
+ *   FAKE_VARIANT_R535  *_RunningProcesses_v3 writes the 32-byte struct of early R535 drivers (docs/nvml-driver.md);
+ *                      no nvmlDeviceGetProcessesUtilizationInfo, which the real 535 library does not export (R550)
  *
  * Every driver behaviour played here, and its source, is listed in docs/nvml-driver.md.
  */
@@ -96,6 +97,7 @@ typedef struct {
     unsigned long long ts;
     unsigned int sm, mem, enc, dec, jpg, ofa;
     unsigned long long every_us; /* a process busy all along: a new sample every this many µs (0: one sample) */
+    unsigned long long lag_us;   /* ... each one appearing this many µs after its timestamp */
 } sample_t;
 
 typedef struct { const char *fn; int code; } error_t_;
@@ -133,6 +135,7 @@ typedef struct nvmlDevice_st {
     unsigned int ngarbage;
     int gpm_supported;              /* physical GPUs: Hopper or newer (nvmlGpmQueryDeviceSupport) */
     int gpm_too_close_nan;          /* samples < 100 ms apart: SUCCESS with NaN values instead of an error */
+    double gpm_refresh_s;           /* samples closer than this are too close (nvml.h: 100 ms) */
     gpm_values_t gpm;               /* this GPU's, or this MIG device's (compute instance's), values */
     gpm_values_t gi_gpm;            /* MIG devices: their GPU instance's values (nvmlGpmMigSampleGet) */
     int has_energy;
@@ -399,6 +402,7 @@ static void load_samples(const jval *arr, unsigned long long now, unsigned long 
         o->jpg = (unsigned int)json_u64(json_get(s, "jpg"), 0);
         o->ofa = (unsigned int)json_u64(json_get(s, "ofa"), 0);
         o->every_us = (unsigned long long)(json_num(json_get(s, "every_s"), 0) * 1e6);
+        o->lag_us = (unsigned long long)(json_num(json_get(s, "lag_s"), 0) * 1e6);
     }
     *n = (unsigned int)arr->len;
 }
@@ -612,6 +616,7 @@ static void load_dynamic(device_t *d, const jval *dj, unsigned long long now, do
     load_delays(json_get(dj, "delays"), &d->delays, &d->ndelays);
     const jval *gpm = json_get(dj, "gpm");
     d->gpm_too_close_nan = !strcmp(json_str(json_get(gpm, "too_close"), "invalid_argument"), "nan");
+    d->gpm_refresh_s = json_num(json_get(gpm, "refresh_s"), GPM_MIN_INTERVAL_S);
     load_gpm_values(&d->gpm, gpm);
     load_energy(d, dj, mtime, live);
     const jval *mig = json_get(dj, "mig");
@@ -1062,8 +1067,9 @@ static unsigned int utilization_entries(const device_t *dev, unsigned long long 
     unsigned int n = 0;
     unsigned long long now = now_us();
     for (unsigned int i = 0; i < dev->nsamples; i++) {
-        sample_t *s = (sample_t *)&dev->samples[i]; /* a recurring sample: its latest period's instant */
-        if (s->every_us) s->ts = now - now % s->every_us;
+        sample_t *s = (sample_t *)&dev->samples[i]; /* a recurring sample: its latest visible period's instant */
+        unsigned long long visible = now > s->lag_us ? now - s->lag_us : 0;
+        if (s->every_us) s->ts = visible - visible % s->every_us;
     }
     for (unsigned int i = 0; i < dev->ngarbage; i++) {
         if (out) out[n] = &dev->garbage[i];
@@ -1125,7 +1131,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProces
     return NVML_SUCCESS;
 }
 
-#ifndef FAKE_VARIANT_R470
+#if !defined(FAKE_VARIANT_R470) && !defined(FAKE_VARIANT_R535) /* R550 on (tests/test_real_library.py) */
 EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvmlProcessesUtilizationInfo_t *info) {
     ENTER_DEV("nvmlDeviceGetProcessesUtilizationInfo", dev);
     if (!info) return NVML_ERROR_INVALID_ARGUMENT;
@@ -1323,6 +1329,16 @@ EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t dev, unsigned int gpu_insta
     return NVML_ERROR_NOT_FOUND;
 }
 
+/* $FAKE_NVML_GPM_LOG: each nvmlGpmMetricsGet over two filled samples appends their distance in seconds, one line. */
+static void gpm_log_interval(double seconds) {
+    const char *path = getenv("FAKE_NVML_GPM_LOG");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fprintf(f, "%.6f\n", seconds);
+    fclose(f);
+}
+
 EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
     ENTER("nvmlGpmMetricsGet", NULL);
     GPM_LOCKED();
@@ -1335,7 +1351,8 @@ EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *mg) {
     int lost = fault((int)a->dev->index);
     if (lost) return lost;
     const device_t *gpu = a->dev->is_mig ? a->dev->parent : a->dev;
-    int too_close = b->t - a->t < GPM_MIN_INTERVAL_S; /* nvml.h: the interval "should be greater than 100ms" */
+    gpm_log_interval(b->t - a->t);
+    int too_close = b->t - a->t < gpu->gpm_refresh_s; /* nvml.h: the interval "should be greater than 100ms" */
     if (too_close && !gpu->gpm_too_close_nan) return NVML_ERROR_INVALID_ARGUMENT;
     for (unsigned int i = 0; i < mg->numMetrics; i++) {
         nvmlGpmMetric_t *m = &mg->metrics[i];
