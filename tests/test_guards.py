@@ -139,7 +139,7 @@ def test_after_a_driver_reload_only_the_energy_since_counts() -> None:
     negative difference, and not nothing."""
     previous = accounting.Ledger(energy_mj={gpu_uuid(0): 10**9})
     ledger = accounting.account(previous, [_record(100, 40.0)], ["k"], {}, {gpu_uuid(0): 3_000},
-                                last_success=NOW - 60, now=NOW, nominal_interval=60)
+                                last_success=NOW - 60, now=NOW, nominal_interval=60, max_owners=1000)
     energy = _energy(ledger)
     assert energy[TRAIN] == pytest.approx(0.4 * 3.0)
     assert energy[accounting.UNATTRIBUTED_KEY] == pytest.approx(0.6 * 3.0)
@@ -152,12 +152,12 @@ def test_energy_across_a_clock_step_back_is_not_given_to_anyone() -> None:
     counts only what came after it."""
     previous = accounting.Ledger(energy_mj={gpu_uuid(0): 10_000})
     stepped = accounting.account(previous, [_record(100, 40.0)], ["k"], {}, {gpu_uuid(0): 15_000},
-                                 last_success=NOW + 100, now=NOW, nominal_interval=60)
+                                 last_success=NOW + 100, now=NOW, nominal_interval=60, max_owners=1000)
     assert set(_energy(stepped).values()) <= {0.0}
     assert stepped.energy_mj == {gpu_uuid(0): 15_000}
     assert stepped.gap_seconds == 0
     after = accounting.account(stepped, [_record(100, 40.0)], ["k"], {}, {gpu_uuid(0): 17_000},
-                               last_success=NOW, now=NOW + 60, nominal_interval=60)
+                               last_success=NOW, now=NOW + 60, nominal_interval=60, max_owners=1000)
     assert sum(_energy(after).values()) == pytest.approx(2.0)
 
 
@@ -440,7 +440,7 @@ def _held_record(pid: int, *, start: float, busy: float | None = None, sm: float
 
 def _one_minute(records: list[ProcessRecord], previous: accounting.Ledger | None = None) -> accounting.Ledger:
     return accounting.account(previous or accounting.Ledger(), records, [f"k{i}" for i in range(len(records))], {},
-                              {}, last_success=NOW - 60, now=NOW, nominal_interval=60)
+                              {}, last_success=NOW - 60, now=NOW, nominal_interval=60, max_owners=1000)
 
 
 def test_one_owners_processes_on_one_gpu_hold_it_once() -> None:

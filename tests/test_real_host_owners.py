@@ -13,13 +13,14 @@ import pytest
 
 from collector.attribution import AttributionSettings, Attributor
 from collector.model import Device, HostProcess
-from tests.test_cgroups import REAL_HOSTS
+from tests.test_cgroups import NESTED, REAL_HOSTS
 
 GPU = Device(label="0", index=0, uuid="GPU-0", name="H100", memory_total=1, memory_used=0)
 
 # entry -> (owner kind, pod UID, container id[:12], owner name beyond those). Where the process sits in a pod of a
-# nested kubelet (kind, minikube: a node container's kubepods tree), the owner is that pod; in docker-in-docker,
-# the inner container the process runs in.
+# nested kubelet (kind, minikube: a node container's kubepods tree), the owner is that pod, with the node
+# containers named as cgroup roots (NESTED); in docker-in-docker, the outer container, whose tenant runs the inner
+# engine (docs/runtimes-and-cgroups.md).
 OWNERS: dict[str, tuple[str, str, str, str]] = {
     'k8s 1.24 containerd 1.6 systemd driver cgroup v2':
         ('pod', '9493223b-520e-4a97-a45f-359dcf967006', '25d057a4c6c9', ''),
@@ -61,7 +62,7 @@ OWNERS: dict[str, tuple[str, str, str, str]] = {
         ('pod', 'fd698699-eabf-4c23-92ef-cf0bbdb78261', '2cc65c162ca1', ''),
     'docker systemd driver cgroup v1 (CentOS)': ('docker', '', '9ec39b91f3d7', ''),
     'docker cgroupfs cgroup v1 (Ubuntu)': ('docker', '', '31cb02944da7', ''),
-    'docker-in-docker (RancherOS): the inner container': ('docker', '', 'ec08435e0426', ''),
+    'docker-in-docker (RancherOS): the outer container': ('docker', '', 'a9a5ad238e59', ''),
     'docker 20.10 cgroup v2 through a cgroup namespace (openSUSE)': ('docker', '', '1f1d6e2d4940', ''),
     'docker cgroupfs v1 mountinfo roots': ('docker', '', 'f244832c5a58', ''),
     'rootless podman, crun /container (Gentoo, openSUSE)': ('podman', '', '3f084b4c7b78', ''),
@@ -97,7 +98,8 @@ def test_every_real_host_file_has_its_owner_written_out() -> None:
 def test_the_owner_of_each_real_host_file(name: str, tmp_path: object) -> None:
     _, text, _ = REAL_HOSTS[name]
     attributor = Attributor(AttributionSettings(host_root=str(tmp_path), pod_resources_socket="",
-                                                pod_resources_timeout=1.0), [GPU])
+                                                pod_resources_timeout=1.0,
+                                                cgroup_roots=("/docker/*",) if name in NESTED else ()), [GPU])
     owner, _ = attributor.attribute(HostProcess(pid=4000, name="python3", start_time=0.0, cgroup=text), GPU)
     kind, pod_uid, container, other_name = OWNERS[name]
     assert (owner.kind, owner.pod_uid, owner.container_id[:12]) == (kind, pod_uid, container)
