@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import pytest
 import requests
@@ -20,6 +20,7 @@ import requests
 from tests.conftest import require_tool
 
 LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -36,6 +37,20 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> N
             return
         time.sleep(0.25)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def wait_equal(read: Callable[[], T], expected: T, what: str, timeout: float = 90) -> T:
+    """Polls read() until it returns expected and returns it; fails the test with `what` and the last answer past
+    the (generous) deadline. For what Prometheus builds in steps (a scrape, then each rule group's evaluation, then
+    a federation scrape): an answer read once can be one step behind another read just before or after it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read()
+        if found == expected:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}: expected {expected!r}, last answer {found!r}")
+        time.sleep(0.25)
 
 
 class Processes:

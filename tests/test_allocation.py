@@ -13,10 +13,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import state
-from collector.allocation import AllocationIndex, ClaimResolver, History, target, view
+from collector.allocation import AllocationIndex, ClaimResolver, History, view
 from collector.attribution import unallocated
 from collector.cdi import CdiUnresolved
-from collector.model import Device, GpuProcess, HostProcess, MigInfo, Owner, OwnerKind, ProcessRecord
+from collector.model import (
+    AllocationTarget,
+    Device,
+    GpuProcess,
+    HostProcess,
+    MigInfo,
+    Owner,
+    OwnerKind,
+    ProcessRecord,
+)
 from collector.podresources import ContainerAllocation, DeviceRef, parse_device_id
 from tests.cdisim import (
     DRA_KIND,
@@ -139,7 +148,40 @@ _IDS = [gpu_uuid(0), f"{gpu_uuid(0)}::1", gpu_uuid(1), PARENT, "MIG-0", "MIG-1",
         "GPU-elsewhere", "fpga-0", f"MIG-{PARENT}/2/1",
         gpu_uuid(0)[:20], f"MIG-{gpu_uuid(1)}", f"GPU-{PARENT}", "MIG-1::x", "nvidia", "nvidia2/gi", "::3", "MIG-0/1/2"]
 _UNITS = [d.label for d in DEVICES]
-_ANY_ID = st.sampled_from(_IDS) | st.text(st.characters(codec="ascii"), min_size=1, max_size=12)
+_ALL_OF_2 = frozenset({"2_1_0", "2_2_0", "2_2_1"})
+# What each id stands for on DEVICES, written out from the id shapes of docs/allocation.md: (label, UUID, units).
+_PLACED: dict[str, Optional[AllocationTarget]] = {
+    gpu_uuid(0): AllocationTarget("0", gpu_uuid(0), frozenset({"0"})),
+    f"{gpu_uuid(0)}::1": AllocationTarget("0", gpu_uuid(0), frozenset({"0"})),  # a time-slicing replica of GPU 0
+    gpu_uuid(1): AllocationTarget("1", gpu_uuid(1), frozenset({"1"})),
+    PARENT: AllocationTarget("2", PARENT, _ALL_OF_2),  # a whole GPU in MIG mode: all its instances
+    "MIG-0": AllocationTarget("2_1_0", "MIG-0", frozenset({"2_1_0"})),
+    "MIG-1": AllocationTarget("2_2_0", "MIG-1", frozenset({"2_2_0"})),
+    "MIG-2": AllocationTarget("2_2_1", "MIG-2", frozenset({"2_2_1"})),
+    "nvidia1": AllocationTarget("1", gpu_uuid(1), frozenset({"1"})),  # GKE: /dev/nvidia1
+    "nvidia2/gi1": AllocationTarget("2_1_0", "MIG-0", frozenset({"2_1_0"})),  # GKE: GPU instance 1 of /dev/nvidia2
+    "GPU-elsewhere": None,
+    "fpga-0": None,
+    f"MIG-{PARENT}/2/1": AllocationTarget("2_2_1", "MIG-2", frozenset({"2_2_1"})),  # R450: <parent>/<gi>/<ci>
+    gpu_uuid(0)[:20]: None,
+    f"MIG-{gpu_uuid(1)}": None,
+    f"GPU-{PARENT}": None,
+    "MIG-1::x": AllocationTarget("2_2_0", "MIG-1", frozenset({"2_2_0"})),  # not a replica number: the id itself
+    "nvidia": None,
+    "nvidia2/gi": None,
+    "::3": None,
+    "MIG-0/1/2": None,
+}
+# The device under an id, where it is not the id itself: replicas of one GPU are one device.
+_DEVICE = {f"{gpu_uuid(0)}::1": gpu_uuid(0), "MIG-1::x": "MIG-1", "::3": ""}
+# Arbitrary ids of no known shape (no GPU-, MIG- or nvidia prefix, no sharing suffix): never placed.
+_ODD_ID = st.text(st.characters(codec="ascii", exclude_characters=":/"), min_size=1, max_size=12).filter(
+    lambda raw: not raw.startswith(("GPU-", "MIG-", "nvidia")))
+_ANY_ID = st.sampled_from(_IDS) | _ODD_ID
+
+
+def test_the_hand_written_placements_cover_every_sampled_id() -> None:
+    assert set(_PLACED) == set(_IDS)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,8 +198,7 @@ def test_the_allocation_view_claims_only_what_it_knows(allocated: dict[str, list
                        kind=OwnerKind.HOST if pod == "host" else OwnerKind.POD)
                for n, (unit, pod, container) in enumerate(processes)]
     found, kept = view(index, records, unplaced, previous={}, now=now, uids={})
-    placed = {pod: [target(parse_device_id(raw) or DeviceRef(raw=raw), DEVICES) for raw in ids]
-              for pod, ids in allocated.items() if ids}
+    placed = {pod: [_PLACED.get(raw) for raw in ids] for pod, ids in allocated.items() if ids}
     for use in found.uses:
         mine = [r for r in records if r.owner.pod == use.pod and r.owner.container == "main"
                 and r.gpu.device.label in use.target.units]
@@ -167,18 +208,21 @@ def test_the_allocation_view_claims_only_what_it_knows(allocated: dict[str, list
                      and (not r.owner.pod or (r.owner.pod == use.pod and not r.owner.container))]
         assert use.in_use or not (strangers or use.target.units & unplaced)  # unknown is never reported as 0
         assert use.target in placed[use.pod]
+        assert (use.namespace, use.container) == ("ml", "main")
     for pod, targets in placed.items():  # every placed device has a series unless its use is unknown
         reported = {u.target for u in found.uses if u.pod == pod}
         for each in filter(None, targets):
             assert each in reported or each.units & (unplaced | {r.gpu.device.label for r in records
                                                                if r.owner.kind == OwnerKind.POD})
-        distinct = {DeviceRef(raw=raw).device for raw in allocated[pod]}
-        assert len(index.devices[("ml", pod, "main", "nvidia.com/gpu")]) == len(distinct)  # replicas: one device
-        assert {f"{gpu_uuid(0)}::1", gpu_uuid(0)} <= set(allocated[pod]) or len(distinct) <= len(set(allocated[pod]))
+        # kubelet's count of devices, placed or not: replicas of one GPU are one device
+        devices = {_DEVICE.get(raw, raw) for raw in allocated[pod]}
+        assert len(index.devices[("ml", pod, "main", "nvidia.com/gpu")]) == len(devices)
+        assert (("ml", pod, "main") in index.incomplete) == (None in targets)
     assert set(kept) == {(u.namespace, u.pod, u.container, u.target.uuid) for u in found.uses}
-    # the process flag: 1 only off an allocation placed in full, 0 only on it, unknown otherwise
+    # the process flag: 1 only off an allocation placed in full, 0 only on it, unknown otherwise; a process whose
+    # container is not known is held to its pod's (here: its one container's) allocation
     for r in records:
-        if r.owner.kind != OwnerKind.POD or not r.owner.pod or not r.owner.container:
+        if r.owner.kind != OwnerKind.POD or not r.owner.pod:
             continue
         targets = placed.get(r.owner.pod, [])
         on = any(t is not None and r.gpu.device.label in t.units for t in targets)

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any, Optional
 import pytest
 
 from bench import device_check
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 
 SCRIPT = REPO / "bench" / "device_check.sh"
 WORKER = [sys.executable, str(REPO / "bench" / "device_check.py"), "worker"]
@@ -367,9 +366,7 @@ CUresult cuGetErrorName(CUresult e, const char **s) {
 
 @pytest.fixture(scope="module")
 def fake_libcuda(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc")
-    if not cc:
-        pytest.skip("no C compiler")
+    cc = require_tool("cc")
     base = tmp_path_factory.mktemp("fake_cuda")
     (base / "fake_cuda.c").write_text(FAKE_CUDA)
     lib = base / "libcuda.so.1"

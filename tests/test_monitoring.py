@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO, Host, require_tool
 from tests.podsim import PodHost, pod_resources_server
-from tests.promstack import Prometheus, processes, start_node_exporter, start_prometheus
+from tests.promstack import Prometheus, processes, start_node_exporter, start_prometheus, wait_equal
 from tests.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
 RULES = REPO / "monitoring/prometheus/gpu-proc-collector.rules.yml"
@@ -177,8 +177,9 @@ def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(h
     assert stack.query('node_textfile_mtime_seconds{file=~".*gpu_processes.prom"}')
 
     ml_bytes = float(sum(w.used_gib for w in WORKLOADS if w.namespace == "ml") * GIB)
-    stack.wait(lambda: bool(stack.query("namespace:gpu_process_memory_bytes:sum")), "the recording rules")
-    assert stack.by("namespace:gpu_process_memory_bytes:sum", "namespace")["ml"] == ml_bytes
+    # A rule's result comes an evaluation after the scrape it reads: waited for until it is the value asserted.
+    wait_equal(lambda: stack.by("namespace:gpu_process_memory_bytes:sum", "namespace").get("ml"), ml_bytes,
+               "the recording rule's GPU memory of namespace ml")
 
     # Allocated but unused: every allocated pod, its use, per namespace, and the dashboard's lists.
     allocated = {w.pod: 1.0 for w in WORKLOADS if w.allocated_to} | {pod: 1.0 for _, pod, _ in RESERVED}
@@ -187,9 +188,9 @@ def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(h
     assert expected_in_use(WORKLOADS)["sneaky"] == 0  # its process runs on GPU 0, its GPU 2 has none of its own
     assert stack.by("gpu_allocation_in_use", "gpu") == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0, "4_1_0": 1.0,
                                                         "4_5_0": 1.0}
-    stack.wait(lambda: bool(stack.query("namespace:gpu_allocation_unused:count")), "the allocation rule")
-    assert stack.by("namespace:gpu_allocation_unused:count", "namespace") == expected_unused(WORKLOADS) == {
-        "ml": 1.0, "research": 1.0}
+    assert expected_unused(WORKLOADS) == {"ml": 1.0, "research": 1.0}
+    wait_equal(lambda: stack.by("namespace:gpu_allocation_unused:count", "namespace"), expected_unused(WORKLOADS),
+               "the allocation rule's unused GPUs per namespace")
     panels = dict(dashboard_queries())
     assert set(stack.by(panels["Allocated but unused GPUs"], "pod")) == {"sneaky", "reserved"}
     assert stack.by(panels["Pods with active GPU processes"], "pod") == active
@@ -215,7 +216,7 @@ def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(h
     stack.wait(lambda: "sneaky" not in stack.by("gpu_allocation_in_use", "pod"), "the allocation series to go")
     assert stack.by("gpu_allocation_in_use", "pod") == expected_in_use(fewer)
     assert expected_unused(fewer) == {"research": 1.0}
-    stack.wait(lambda: stack.by("namespace:gpu_allocation_unused:count", "namespace") == expected_unused(fewer),
+    wait_equal(lambda: stack.by("namespace:gpu_allocation_unused:count", "namespace"), expected_unused(fewer),
                "the allocation rule's next evaluation")
     assert set(stack.by(panels["Allocated but unused GPUs"], "pod")) == {"reserved"}
     assert stack.by("gpu_allocation_idle_seconds", "pod")["reserved"] > 0  # kept in the state across the runs

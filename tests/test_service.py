@@ -72,6 +72,20 @@ def service(host: Host, document: dict[str, object],
         notifications.close()
 
 
+def wait_until_it_takes_sigterm(process: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Waits until the service has blocked SIGTERM for its signal thread (SigBlk in /proc/<pid>/status, proc(5)):
+    sent any earlier, the signal meets its default action and kills the process, however briefly the start took."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the service exited before it took its signals"
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+        if blocked & (1 << (signal.SIGTERM - 1)):
+            return
+        assert time.monotonic() < deadline, "the service never took its signals"
+        time.sleep(0.05)
+
+
 def wait_for_writes(host: Host, count: int, timeout: float = 60) -> None:
     """Waits until the file has been replaced `count` times (each atomic write is a new file: another inode or
     modification time; inode numbers alone can be reused)."""
@@ -154,7 +168,8 @@ def test_sigterm_abandons_a_hung_collection_and_keeps_the_last_good_file(host: H
     before = host.prom.read_bytes()
     hung = scenario([Gpu(0, compute=[proc(921, GIB)])], delays={"nvmlDeviceGetProcessUtilization": 300})
     with service(host, hung, "--interval", "60", "--deadline", "50") as (process, _):
-        time.sleep(0.5)  # let it reach the hung call; if it has not yet, SIGTERM stops it before collecting
+        # Once its signal thread takes SIGTERM: in the hung call, or, not there yet, stopping before collecting.
+        wait_until_it_takes_sigterm(process)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=45)
     assert process.returncode == 0
