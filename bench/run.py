@@ -34,8 +34,8 @@ from typing import Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.podsim import Pod, PodHost, pod_resources_server  # noqa: E402
-from tests.simhost import (  # noqa: E402
+from tests.support.podsim import Pod, PodHost, pod_resources_server  # noqa: E402
+from tests.support.simhost import (  # noqa: E402
     GIB,
     Gpu,
     HostTree,
@@ -50,7 +50,7 @@ from tests.simhost import (  # noqa: E402
 FAKE_NVML = REPO / "tests" / "fake_nvml"
 GNU_TIME = "/usr/bin/time"  # Debian package "time"
 FLOOR = "import pynvml, psutil"
-GRPC_FLOOR = "import pynvml, psutil, grpc, collector.podresources_v1_pb2"
+GRPC_FLOOR = "import pynvml, psutil, grpc, collector.attribution.podresources_v1_pb2"
 SOCKET = "var/lib/kubelet/pod-resources/kubelet.sock"
 UNITS: list[tuple[int, Optional[int]]] = [(g, None) for g in range(4)] + [(g, s) for g in range(4, 8) for s in range(7)]
 

@@ -35,7 +35,7 @@ import pynvml  # noqa: E402
 
 from collector import metrics, nvml, runner, state  # noqa: E402
 from collector.settings import Settings  # noqa: E402
-from tests.simhost import GIB, Gpu, HostTree, proc, scenario, update_scenario, write_scenario  # noqa: E402
+from tests.support.simhost import GIB, Gpu, HostTree, proc, scenario, update_scenario, write_scenario  # noqa: E402
 
 gc.freeze()
 gc.enable()

@@ -23,7 +23,8 @@ import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Optional
 
-from collector import nvml, podresources, runtimes, safeio
+from collector import nvml, safeio
+from collector.attribution import podresources, runtimes
 from collector.settings import Settings
 
 EXIT_OK, EXIT_FAILED = 0, 1

@@ -1,7 +1,7 @@
 """Runs collections: once (a timer's oneshot run) or one per interval for as long as the process lives (the
 long-running service). Around each collection: the run lock, the state, a deadline watchdog, and the atomic
-publication of the file; around the service: systemd's readiness and watchdog notifications, signals, and
-per-process utilisation sampling between writes.
+publication of the file; around the service: systemd's readiness and watchdog notifications and its signals
+(collector.systemd), and per-process utilisation sampling between writes.
 
 Exit codes: 0 collected and written (a service: stopped by SIGTERM/SIGINT); 1 collection failed (the file says
 gpu_proc_collector_up 0); 3 the file could not be written (the previous one is untouched); 4 a collection passed
@@ -15,22 +15,21 @@ import fcntl
 import gc
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from typing import IO, Callable, Optional
 
 from collector import nvml, state
+from collector.collection import collect
 from collector.metrics import SeriesCache, render_failure
-from collector.run import collect
 from collector.settings import Settings
+from collector.systemd import Signals, notify
 from collector.textfile import WriteError, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger("gpu-proc-collector")
 
 EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_WRITE_FAILED, EXIT_DEADLINE, EXIT_LOCKED = 0, 1, 3, 4, 75
-STOP_GRACE_S = 1.0  # after SIGTERM, a collection still running is abandoned (the last good file stays)
 GC_THRESHOLD = 10_000  # the long-running mode's first-generation threshold of the cyclic collector (Python's: 700)
 
 
@@ -158,69 +157,6 @@ def run_once(settings: Settings) -> int:
         lock.release()
 
 
-def notify(message: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path, or '@' for the abstract
-    namespace). Nothing when not started by systemd with Type=notify. Never blocks the collector."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    import socket  # noqa: PLC0415 - only under systemd's Type=notify: a timer run does not pay its ~2 ms import
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())  # never blocks: a full queue drops the message (a ping is sent again)
-    except BlockingIOError:
-        log.debug("systemd's notify socket is full; dropped %r", message)
-    except OSError as err:
-        log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), err)
-
-
-class _Signals:
-    """SIGTERM/SIGINT stop the service; SIGHUP asks for the configuration to be read again.
-
-    The signals are blocked in every thread and taken by one thread of their own (sigwait): a Python signal
-    handler would only run in the main thread between bytecodes, never while it is stuck in a hung NVML call.
-    A stop does not wait on the main thread: whatever it is in (a collection, a utilisation sample between two,
-    NVML's shutdown), a process not gone STOP_GRACE_S after the signal ends itself, exit 0, and the last good file
-    stays (a collection cut short never published; the state of the last one was saved before it ended)."""
-
-    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.collecting = threading.Event()
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-        threading.Thread(target=self._wait, name="signals", daemon=True).start()
-
-    def _wait(self) -> None:
-        while True:
-            if signal.sigwait(self.SIGNALS) == signal.SIGHUP:
-                self.reload.set()
-            else:
-                self._stop()
-
-    def _stop(self) -> None:
-        if self.stop.is_set():
-            return  # a second signal: the first one's timer runs
-        self.stop.set()
-        timer = threading.Timer(STOP_GRACE_S, self._abandon)
-        timer.daemon = True
-        timer.start()
-
-    def _abandon(self) -> None:
-        if self.collecting.is_set():
-            log.warning("stopping: abandoned the collection in progress; the last good file stays")
-        else:
-            log.warning("stopping: a call into NVML did not return within %g s; exiting without it", STOP_GRACE_S)
-        notify("STOPPING=1")
-        sys.stderr.flush()
-        os._exit(EXIT_OK)
-
-
 def tune_gc() -> None:
     """The cyclic garbage collector of the long-running mode. A collection builds thousands of records, label
     lists and samples that live until its file is written and then go by reference counting, not in cycles; at
@@ -240,7 +176,7 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
     if not lock.acquire():
         log.error("another gpu-proc-collector run holds %s; the service exits", lock.path)
         return EXIT_LOCKED
-    signals = _Signals()
+    signals = Signals()
     remove_leftovers(settings)
     tune_gc()
     session = nvml.Session(long_running=True)
@@ -271,7 +207,7 @@ def serve(settings: Settings, reload: Callable[[], Settings]) -> int:
     return EXIT_OK
 
 
-def _sample_until_next_write(settings: Settings, session: nvml.Session, signals: _Signals) -> None:
+def _sample_until_next_write(settings: Settings, session: nvml.Session, signals: Signals) -> None:
     assert settings.interval is not None
     next_write = time.monotonic() + settings.interval
     while not signals.stop.is_set() and not signals.reload.is_set():

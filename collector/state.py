@@ -20,9 +20,9 @@ from typing import Any, Optional
 
 from collector import accounting, safeio
 from collector.accounting import Ledger
-from collector.allocation import History, HistoryKey
+from collector.attribution.allocation import History, HistoryKey
+from collector.attribution.runtimes import ContainerMeta
 from collector.model import Mutable
-from collector.runtimes import ContainerMeta
 from collector.textfile import WriteError, atomic_write
 
 log = logging.getLogger(__name__)

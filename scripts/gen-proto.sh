@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the Python modules of the gRPC APIs the project speaks:
-# - collector/podresources_v1_pb2.py from collector/podresources_v1.proto (kubelet's pod-resources API, the
+# - collector/attribution/podresources_v1_pb2.py from collector/attribution/podresources_v1.proto (kubelet's pod-resources API, the
 #   collector's own client);
-# - tests/cri_runtime_v1_pb2.py and tests/cri_runtime_v1_pb2_grpc.py from tests/cri_runtime_v1.proto, the CRI
+# - tests/support/cri_runtime_v1_pb2{,_grpc}.py from tests/support/cri_runtime_v1.proto, the CRI
 #   RuntimeService/ImageService API the tests drive containerd with (kubernetes/cri-api
 #   pkg/apis/runtime/v1/api.proto at tag v0.36.3, commit 1733b6a9fa123c5887eefa14523c532b12827f73, verbatim with
 #   its Apache-2.0 header; the collector itself does not speak CRI).
@@ -14,5 +14,5 @@ tools="$(mktemp -d)"
 trap 'rm -rf "$tools"' EXIT
 python3 -m venv "$tools"
 "$tools/bin/pip" install -q "grpcio-tools==1.64.3"
-"$tools/bin/python" -m grpc_tools.protoc -I . --python_out=. collector/podresources_v1.proto
-"$tools/bin/python" -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. tests/cri_runtime_v1.proto
+"$tools/bin/python" -m grpc_tools.protoc -I . --python_out=. collector/attribution/podresources_v1.proto
+"$tools/bin/python" -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. tests/support/cri_runtime_v1.proto

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.simhost import HostTree, write_scenario
+from tests.support.simhost import HostTree, write_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.podsim import PodHost
-from tests.simhost import GIB, Gpu, HostTree, mig_instance, proc, scenario, write_scenario
+from tests.support.podsim import PodHost
+from tests.support.simhost import GIB, Gpu, HostTree, mig_instance, proc, scenario, write_scenario
 
 MIG_LAYOUT_7X1G = [(slot, 9 + slot, 0, "1g.10gb", 10) for slot in range(7)]
 MIG_LAYOUT_MIXED = [(0, 1, 0, "3g.40gb", 40), (3, 5, 0, "2g.20gb", 20), (5, 13, 0, "1g.10gb", 10)]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from collector import accounting
 from collector.model import Device, DeviceActivity, GpuProcess, HostProcess, MigInfo, Owner, ProcessRecord
 from tests.conftest import Host, Result
-from tests.podsim import PodHost
-from tests.simhost import GIB, Gpu, gpu_instance, gpu_uuid, mig_instance, proc, scenario
+from tests.support.podsim import PodHost
+from tests.support.simhost import GIB, Gpu, gpu_instance, gpu_uuid, mig_instance, proc, scenario
 
 EPOCH = 1_764_470_000.0
 RATE_MJ_PER_S = 250_000  # a 250 W GPU

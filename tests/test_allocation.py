@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import state
-from collector.allocation import AllocationIndex, ClaimResolver, History, view
-from collector.attribution import unallocated
-from collector.cdi import CdiUnresolved
+from collector.attribution.allocation import AllocationIndex, ClaimResolver, History, view
+from collector.attribution.cdi import CdiUnresolved
+from collector.attribution.join import unallocated
+from collector.attribution.podresources import ContainerAllocation, DeviceRef, parse_device_id
 from collector.model import (
     AllocationTarget,
     Device,
@@ -26,8 +27,8 @@ from collector.model import (
     OwnerKind,
     ProcessRecord,
 )
-from collector.podresources import ContainerAllocation, DeviceRef, parse_device_id
-from tests.cdisim import (
+from tests.conftest import Host, Result
+from tests.support.cdisim import (
     DRA_KIND,
     claim_spec_path,
     gpu_device,
@@ -37,9 +38,8 @@ from tests.cdisim import (
     write_mig_caps,
     write_spec,
 )
-from tests.conftest import Host, Result
-from tests.podsim import Claim, PodHost, pod_resources_server
-from tests.simhost import GIB, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
+from tests.support.podsim import Claim, PodHost, pod_resources_server
+from tests.support.simhost import GIB, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
 # ---- the pure part: placing ids, use and idle time ----
 
@@ -241,9 +241,9 @@ _claim_names = st.sampled_from([f"{DRA_KIND}=aa11-gpu-0", f"{DRA_KIND}=aa11-gpu-
 def test_any_dra_answer_is_placed_or_unknown_never_an_exception(tmp_path_factory: Any,
                                                                  claims: list[tuple[str, str, str, list[str]]]) -> None:
     """Random claims through a real protobuf round trip, against a host with one good spec and one broken one."""
-    from collector import podresources_v1_pb2 as api  # noqa: PLC0415
-    from collector.podresources import allocations  # noqa: PLC0415
-    from tests.simhost import HostTree  # noqa: PLC0415
+    from collector.attribution import podresources_v1_pb2 as api  # noqa: PLC0415
+    from collector.attribution.podresources import allocations  # noqa: PLC0415
+    from tests.support.simhost import HostTree  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("dra")
     tree = HostTree(root)

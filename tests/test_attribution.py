@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.conftest import Host, Result
-from tests.podsim import PodHost, pod_resources_server, static_pod_uid
-from tests.simhost import GIB, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario, write_podman_store
+from tests.support.podsim import PodHost, pod_resources_server, static_pod_uid
+from tests.support.simhost import GIB, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario, write_podman_store
 
 
 def owner_of(result: Result, pid: int) -> dict[str, str]:

@@ -14,9 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import strictyaml
-from collector.cdi import CdiUnresolved, MigCap, SpecIndex, node_refs, parse_qualified, read_mig_caps, spec_dirs
+from collector.attribution.cdi import (
+    CdiUnresolved,
+    MigCap,
+    SpecIndex,
+    node_refs,
+    parse_qualified,
+    read_mig_caps,
+    spec_dirs,
+)
 from collector.model import CDI_UNRESOLVED_REASONS
-from tests.cdisim import (
+from tests.support.cdisim import (
     DRA_KIND,
     ci_minor,
     claim_spec_path,
@@ -29,7 +37,7 @@ from tests.cdisim import (
     write_mig_caps,
     write_spec,
 )
-from tests.simhost import HostTree
+from tests.support.simhost import HostTree
 
 # ---- the YAML loader ----
 

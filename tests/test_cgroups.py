@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.cgroups import CgroupOwner, agrees, parse_cgroup, parse_roots, systemd_path
+from collector.attribution.cgroups import CgroupOwner, agrees, parse_cgroup, parse_roots, systemd_path
 from collector.model import OWNER_KINDS, OwnerKind
 
 CID = "4f7c1f2d9a8b" + "0123456789abcdef" * 3 + "0123"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Host, Result, mounted_tmpfs
-from tests.podsim import PodHost, pod_resources_server
-from tests.simhost import Gpu, compute_instance, gpu_instance, gpu_uuid, scenario
+from tests.support.podsim import PodHost, pod_resources_server
+from tests.support.simhost import Gpu, compute_instance, gpu_instance, gpu_uuid, scenario
 
 H100 = "NVIDIA H100 80GB HBM3"
 FLAG = "--collector.textfile.directory"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Host, Result
 from tests.demo import demo
-from tests.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
+from tests.support.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
 SEED_FAMILIES = ["gpu_process_count", "gpu_total_processes", "gpu_process_info", "gpu_process_utilization",
                  "gpu_process_memory_utilization"]

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import Host
-from tests.simhost import GIB, Gpu, compute_instance, gpu_instance, gpu_uuid, mig_instance, proc, scenario
+from tests.support.simhost import GIB, Gpu, compute_instance, gpu_instance, gpu_uuid, mig_instance, proc, scenario
 
 
 def _ago(seconds: float) -> int:

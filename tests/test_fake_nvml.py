@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from tests.conftest import require_tool
-from tests.simhost import (
+from tests.support.simhost import (
     GIB,
     Gpu,
     compute_instance,

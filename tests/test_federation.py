@@ -20,9 +20,9 @@ import requests
 import yaml
 
 from tests.conftest import REPO, Host, samples
-from tests.podsim import pod_resources_server
-from tests.promstack import Prometheus, check_config, processes, start_node_exporter, start_prometheus
-from tests.simhost import GIB, HostTree, gpu_uuid, mig_uuid
+from tests.support.podsim import pod_resources_server
+from tests.support.promstack import Prometheus, check_config, processes, start_node_exporter, start_prometheus
+from tests.support.simhost import GIB, HostTree, gpu_uuid, mig_uuid
 from tests.test_monitoring import RULES, WORKLOADS, Workload, build
 
 FEDERATION = REPO / "monitoring/federation"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from collector import nvml
 from tests.conftest import FAKE_NVML, REPO, Host, Result
-from tests.podsim import PodHost
-from tests.simhost import GIB, Gpu, gpu_instance, mig_instance, proc, scenario, write_scenario
+from tests.support.podsim import PodHost
+from tests.support.simhost import GIB, Gpu, gpu_instance, mig_instance, proc, scenario, write_scenario
 
 ACTIVITY = {"gpu_device_sm_utilization_percent": "sm_util", "gpu_device_sm_occupancy_percent": "sm_occupancy",
             "gpu_device_tensor_active_percent": "any_tensor_util",

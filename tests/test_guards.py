@@ -21,16 +21,16 @@ from typing import Any
 
 import pytest
 
-from collector import accounting, run
-from collector.allocation import History
-from collector.attribution import AttributionSettings, Attributor
+from collector import accounting, collection
+from collector.attribution.allocation import History
+from collector.attribution.join import AttributionSettings, Attributor
 from collector.model import Device, DeviceActivity, GpuProcess, HostProcess, MigInfo, NvmlSnapshot, Owner, ProcessRecord
 from collector.settings import Settings
 from collector.state import STATE_VERSION, State
 from collector.textfile import WriteError, atomic_write
 from tests.conftest import REPO, Host, samples
-from tests.podsim import PodHost, pod_resources_server
-from tests.simhost import BTIME, CLOCK_TICKS, GIB, H100, H100_MEMORY, Gpu, HostTree, gpu_uuid, proc, scenario
+from tests.support.podsim import PodHost, pod_resources_server
+from tests.support.simhost import BTIME, CLOCK_TICKS, GIB, H100, H100_MEMORY, Gpu, HostTree, gpu_uuid, proc, scenario
 
 START_TICKS = 123456  # HostTree.add_process's default start: BTIME + 1234.56 s
 NOW = BTIME + 100_000.0
@@ -49,7 +49,7 @@ class Answers:
 def collect(tree: HostTree, tmp_path: Path, snapshot: NvmlSnapshot) -> dict[str, list[tuple[dict[str, str], float]]]:
     settings = Settings(textfile_dir=str(tmp_path / "textfile"), host_root=str(tree.root),
                         state_dir=str(tmp_path / "state"), pod_resources_socket=str(tmp_path / "no-kubelet.sock"))
-    outcome = run.collect(settings, State(), clock=lambda: NOW, session=Answers(snapshot))  # type: ignore[arg-type]
+    outcome = collection.collect(settings, State(), clock=lambda: NOW, session=Answers(snapshot))  # type: ignore[arg-type]
     assert outcome.ok, outcome.text.decode()
     return samples(outcome.text.decode())
 
@@ -59,7 +59,7 @@ def whole_gpu(index: int = 0) -> Device:
                   memory_used=10 * GIB, minor=index)
 
 
-# ---- the PID-reuse check (collector/run.py _describe) ----
+# ---- the PID-reuse check (collector/collection.py _describe) ----
 
 def test_a_pid_that_started_one_clock_tick_after_the_list_was_read_is_a_reused_pid(tmp_path: Path) -> None:
     """The check has no slack: a process whose /proc start time is later than the moment NVML's lists were read
@@ -80,7 +80,7 @@ def test_a_pid_that_started_one_clock_tick_after_the_list_was_read_is_a_reused_p
     assert dropped == {"pid_reused": 1, "pid_not_found": 0, "access_denied": 0}
 
 
-# ---- a MIG instance's single-owner rule (collector/run.py _with_instance_activity, _owner_identity) ----
+# ---- a MIG instance's single-owner rule (collector/collection.py _with_instance_activity, _owner_identity) ----
 
 def mig_unit(ci: int) -> Device:
     return Device(label=f"0_1_{ci}", index=0, uuid=f"MIG-{ci}", name=H100, memory_total=40 * GIB,
@@ -161,7 +161,7 @@ def test_energy_across_a_clock_step_back_is_not_given_to_anyone() -> None:
     assert sum(_energy(after).values()) == pytest.approx(2.0)
 
 
-# ---- an allocation's history without kubelet's answer (collector/attribution.py allocation_view) ----
+# ---- an allocation's history without kubelet's answer (collector/attribution/join.py allocation_view) ----
 
 KEPT = {("ml", "reserved", "main", gpu_uuid(1)): History(1000.0, "uid-reserved")}
 
@@ -487,7 +487,7 @@ def test_busy_seconds_over_a_processs_lifetime_are_at_most_100_percent(tmp_path:
     assert [v for labels, v in found["gpu_process_utilization"] if labels["pid"] == "120"] == [100.0]
 
 
-# ---- a GPU not read this run keeps its last-seen timestamps (collector/run.py) ----
+# ---- a GPU not read this run keeps its last-seen timestamps (collector/collection.py) ----
 
 def test_a_gpu_that_failed_for_a_run_does_not_count_its_old_entries_again(host: Host) -> None:
     """GPU 1's process was 40 % busy in an entry the first run read. The second run loses GPU 1; the third reads

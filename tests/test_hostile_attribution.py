@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Host, Result
-from tests.podsim import Container, Pod, PodHost, cgroup_text, pod_resources_server
-from tests.simhost import GIB, Gpu, gpu_uuid, proc, scenario
+from tests.support.podsim import Container, Pod, PodHost, cgroup_text, pod_resources_server
+from tests.support.simhost import GIB, Gpu, gpu_uuid, proc, scenario
 
 
 def owner_of(result: Result, pid: int) -> dict[str, str]:

@@ -21,11 +21,12 @@ from typing import Callable
 
 import pytest
 
-from collector import cdi, safeio
-from tests.cdisim import DRA_KIND, claim_spec_path, gpu_device, qualified, spec, write_spec
+from collector import safeio
+from collector.attribution import cdi
 from tests.conftest import REPO, Host, Result, mounted_tmpfs, require_root
-from tests.podsim import Claim, PodHost, pod_resources_server
-from tests.simhost import Gpu, proc, scenario, write_podman_store
+from tests.support.cdisim import DRA_KIND, claim_spec_path, gpu_device, qualified, spec, write_spec
+from tests.support.podsim import Claim, PodHost, pod_resources_server
+from tests.support.simhost import Gpu, proc, scenario, write_podman_store
 
 PODMAN_ID = "a1" * 32
 STORE = "var/lib/containers/storage/overlay-containers"
@@ -203,7 +204,7 @@ def test_a_cdi_spec_with_a_5000_digit_number_is_malformed_not_a_crash(host: Host
 
 
 def _go_yaml_with(document: dict[str, object], old: str, new: str) -> str:
-    from tests.cdisim import go_yaml  # noqa: PLC0415
+    from tests.support.cdisim import go_yaml  # noqa: PLC0415
 
     text = go_yaml(document)
     assert old in text

@@ -19,8 +19,8 @@ from collector import accounting
 from collector.model import MAX_LABEL_CHARS, Device, GpuProcess, HostProcess, Owner, ProcessRecord, safe_name
 from collector.redact import REDACTED, redact_args
 from tests.conftest import Host, Result
-from tests.podsim import PodHost
-from tests.simhost import GIB, Gpu, proc, scenario, update_scenario, write_podman_store
+from tests.support.podsim import PodHost
+from tests.support.simhost import GIB, Gpu, proc, scenario, update_scenario, write_podman_store
 from tests.test_service import Notifications, count_pings, service
 
 OWNER_FAMILIES = ("gpu_owner_gpu_seconds_total", "gpu_owner_sm_seconds_total", "gpu_owner_memory_byte_seconds_total",

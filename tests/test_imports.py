@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import Host
-from tests.simhost import Gpu, proc, scenario
+from tests.support.simhost import Gpu, proc, scenario
 
 
 def imported(stderr: str) -> set[str]:

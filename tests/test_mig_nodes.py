@@ -13,7 +13,7 @@ import threading
 
 from collector import nvml
 from tests.conftest import Host, require_root
-from tests.simhost import GIB, Gpu, mig_instance, proc, scenario
+from tests.support.simhost import GIB, Gpu, mig_instance, proc, scenario
 from tests.test_service import service, wait_for_writes
 
 CAPS = "proc/driver/nvidia/capabilities"

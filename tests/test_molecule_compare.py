@@ -1,5 +1,5 @@
 """molecule/cri/compare.py, the check `molecule test -s cri` ends with, on answers shaped as containerd's
-(tests/realcri.py) and podman's and Docker's (molecule/cri/runtimes.py) are in that guest: each of its refusals
+(tests/support/realcri.py) and podman's and Docker's (molecule/cri/runtimes.py) are in that guest: each of its refusals
 is exercised here, so a check that stopped refusing would be seen without booting a guest."""
 
 from __future__ import annotations

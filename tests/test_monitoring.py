@@ -15,9 +15,9 @@ from typing import Any, Optional
 import pytest
 
 from tests.conftest import REPO, Host, require_tool
-from tests.podsim import PodHost, pod_resources_server
-from tests.promstack import Prometheus, processes, start_node_exporter, start_prometheus, wait_equal
-from tests.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
+from tests.support.podsim import PodHost, pod_resources_server
+from tests.support.promstack import Prometheus, processes, start_node_exporter, start_prometheus, wait_equal
+from tests.support.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
 RULES = REPO / "monitoring/prometheus/gpu-proc-collector.rules.yml"
 DASHBOARD = REPO / "monitoring/grafana/gpu-proc-collector.json"

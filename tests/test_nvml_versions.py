@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Host
-from tests.simhost import GIB, Gpu, mig_instance, proc, scenario
+from tests.support.simhost import GIB, Gpu, mig_instance, proc, scenario
 
 WHEELS = REPO / ".venv" / "cache" / "nvidia-ml-py"
 

@@ -10,7 +10,7 @@ import signal
 import time
 
 from tests.conftest import Host
-from tests.simhost import GIB, Gpu, gpu_uuid, proc, scenario
+from tests.support.simhost import GIB, Gpu, gpu_uuid, proc, scenario
 from tests.test_service import count_pings, metrics, service, wait_for_writes
 
 # 981 is read as soon as the driver samples it; 982, busy at 99 %, comes in five seconds late: after a first read,

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import procfs
-from tests.simhost import HostTree
+from tests.support.simhost import HostTree
 
 PID = 4321
 Outcome = Union[tuple[str, float, str, tuple[str, ...]], str]

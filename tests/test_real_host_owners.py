@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.attribution import AttributionSettings, Attributor
+from collector.attribution.join import AttributionSettings, Attributor
 from collector.model import Device, HostProcess
 from tests.test_cgroups import NESTED, REAL_HOSTS
 

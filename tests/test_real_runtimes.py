@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collector.runtimes import RuntimeMetadata
+from collector.attribution.runtimes import RuntimeMetadata
 from tests.conftest import require_root, require_tool
-from tests.realruntime import (
+from tests.support.realruntime import (
     CHILD,
     IMAGE,
     PODMAN_RUN,

@@ -18,17 +18,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector import podresources_v1_pb2 as api
+from collector.attribution import podresources_v1_pb2 as api
+from collector.attribution.podresources import allocations, parse_device_id
+from collector.attribution.runtimes import RuntimeMetadata
 from collector.metrics import Report, render_report
 from collector.model import Device, GpuProcess, HostProcess, Owner, ProcessRecord, safe_name
-from collector.podresources import allocations, parse_device_id
 from collector.procfs import printable
 from collector.redact import REDACTED, args_label, redact_args
-from collector.runtimes import RuntimeMetadata
 from collector.state import STATE_VERSION
 from tests.conftest import REPO, Host, Result, mounted_tmpfs, promtool_check, require_root, samples
-from tests.podsim import PodHost
-from tests.simhost import BTIME, CLOCK_TICKS, GIB, Gpu, HostTree, gpu_uuid, mig_instance, proc, scenario, write_scenario
+from tests.support.podsim import PodHost
+from tests.support.simhost import (
+    BTIME,
+    CLOCK_TICKS,
+    GIB,
+    Gpu,
+    HostTree,
+    gpu_uuid,
+    mig_instance,
+    proc,
+    scenario,
+    write_scenario,
+)
 
 PROCESS_FAMILIES = ("gpu_process_info", "gpu_process_utilization", "gpu_process_memory_utilization",
                     "gpu_process_memory_bytes", "gpu_process_idle_seconds", "gpu_process_count")
@@ -490,10 +501,11 @@ def test_an_unexpected_exception_writes_the_failed_file_and_one_line(host: Host,
     write_scenario(host.base / "scenario.json", scenario([Gpu(0, compute=[proc(4200)])]))
     code = f"""
 import sys
-from collector import attribution, cli
+from collector import cli
+from collector.attribution import join
 def boom(self, host, device):
     raise RuntimeError("simulated bug")
-attribution.Attributor.attribute = boom
+join.Attributor.attribute = boom
 sys.exit(cli.main(["--textfile-dir", {str(host.textfile_dir)!r}, "--host-root", {str(host.tree.root)!r},
                    "--state-dir", {str(host.state_dir)!r}]))
 """

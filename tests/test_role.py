@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, require_tool
-from tests.role_render import VARIANTS, ansible_playbook, render
+from tests.support.role_render import VARIANTS, ansible_playbook, render
 
 ROLE = REPO / "roles" / "gpu_proc_collector"
 

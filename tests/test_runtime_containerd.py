@@ -2,8 +2,8 @@
 processes, in the cgroups runc made, from the files containerd wrote, and every label is compared with what
 containerd itself answers (ContainerStatus, PodSandboxStatus), never with a table written here.
 
-containerd runs with the cgroupfs driver on the host (tests/realcri.py); the stand-in NVML lists the host PIDs of
-the containers' processes, and the collector reads the real /proc, cgroups and containerd state with host root /.
+containerd runs with the cgroupfs driver on the host (tests/support/realcri.py); the stand-in NVML lists the host PIDs
+of the containers' processes, and the collector reads the real /proc, cgroups and containerd state with host root /.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Optional
 
 import pytest
 
-from tests import podsim
 from tests.conftest import REPO, Result, promtool_check, require_root, require_tool
-from tests.realcri import TASKS, Cluster, Containerd, cgroup_parent, make_cluster
-from tests.simhost import Gpu, gpu_uuid, proc, scenario, write_scenario
+from tests.support import podsim
+from tests.support.realcri import TASKS, Cluster, Containerd, cgroup_parent, make_cluster
+from tests.support.simhost import Gpu, gpu_uuid, proc, scenario, write_scenario
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def containerd() -> Iterator[Containerd]:
 
 @pytest.fixture(scope="module")
 def cluster(containerd: Containerd) -> Cluster:
-    """A pod of each QoS class, one with two containers, a child forked in one (tests.realcri.make_cluster)."""
+    """A pod of each QoS class, one with two containers, a child forked in one (tests.support.realcri.make_cluster)."""
     return make_cluster(containerd)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.runtimes import RuntimeMetadata
-from tests.simhost import HostTree
+from collector.attribution.runtimes import RuntimeMetadata
+from tests.support.simhost import HostTree
 
 TRAINER = "c61f9194d7b00592f52457091a56c3a75acec249bb087617a23f95bbe8f1b0a1"
 

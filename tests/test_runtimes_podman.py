@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.cgroups import parse_cgroup
-from collector.runtimes import RuntimeMetadata
-from tests.simhost import HostTree, write_podman_store
+from collector.attribution.cgroups import parse_cgroup
+from collector.attribution.runtimes import RuntimeMetadata
+from tests.support.simhost import HostTree, write_podman_store
 
 VLLM = "9687bac58d5c4d1606aa46af33d1a21c1d1652e0ac9fb3fc0fc86e3495f42869"
 REDIS = "e8c29da1a2f6c4bb032304f7dfbc5a767e026092c4a2fcbc830e58565f972f54"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import REPO, Host, promtool_check, samples
-from tests.simhost import GIB, Gpu, proc, scenario, set_fault, update_scenario, write_scenario
+from tests.support.simhost import GIB, Gpu, proc, scenario, set_fault, update_scenario, write_scenario
 
 
 class Notifications:

@@ -14,13 +14,13 @@ from typing import Optional
 
 import pytest
 
-from collector import run
+from collector import collection
 from collector.metrics import SeriesCache
 from collector.model import Device, GpuProcess, NvmlSnapshot
 from collector.settings import Settings
 from collector.state import State
 from tests.conftest import samples
-from tests.simhost import BTIME, GIB, H100, H100_MEMORY, HostTree, gpu_uuid
+from tests.support.simhost import BTIME, GIB, H100, H100_MEMORY, HostTree, gpu_uuid
 
 NOW = BTIME + 100_000.0  # the simulated processes started at BTIME + 1234.56 (start_ticks 123456)
 SERVICE = "0::/system.slice/{}.service\n"
@@ -69,8 +69,8 @@ class Service:
         self.settings = self.settings._replace(**settings)
         self.now += 60
 
-        def collect(series: Optional[SeriesCache]) -> run.Outcome:
-            return run.collect(self.settings, self.previous, clock=lambda: self.now, session=self.nvml,  # type: ignore[arg-type]
+        def collect(series: Optional[SeriesCache]) -> collection.Outcome:
+            return collection.collect(self.settings, self.previous, clock=lambda: self.now, session=self.nvml,  # type: ignore[arg-type]
                                series=series)
 
         kept, fresh = collect(self.cache), collect(None)

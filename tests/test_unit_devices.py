@@ -27,7 +27,7 @@ from typing import Optional
 
 import pytest
 
-from tests.role_render import render
+from tests.support.role_render import render
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DRIVERS = ("r470", "r550")

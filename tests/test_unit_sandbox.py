@@ -1,5 +1,5 @@
 """What the unit leaves the collector of the host's sockets and home directories, read from the unit as the role
-renders it (tests/role_render.py): docs/systemd-sandbox.md, "Sockets" and "Home directories".
+renders it (tests/support/role_render.py): docs/systemd-sandbox.md, "Sockets" and "Home directories".
 
 The unit runs as uid 0, and uid 0 may connect to any root-owned unix socket whatever its capabilities (connect(2)
 needs write permission on the socket, and root owns these). So every control socket of a container runtime, of
@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector import allocation, cdi, runtimes
+from collector.attribution import allocation, cdi, runtimes
 from collector.settings import POD_RESOURCES_SOCKET
 from tests.conftest import require_tool
-from tests.role_render import ROLE, ansible_playbook, render
-from tests.simhost import HostTree, write_podman_store
+from tests.support.role_render import ROLE, ansible_playbook, render
+from tests.support.simhost import HostTree, write_podman_store
 
 UNIT = "gpu-proc-collector.service"
 # Where each runtime, systemd, D-Bus and kubelet's plugins listen (their defaults; k3s/RKE2 and MicroK8s ship

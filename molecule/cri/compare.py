@@ -1,5 +1,5 @@
 """Compares the collector's textfile from the guest with what the runtimes answered there, per PID: containerd's
-(tests/realcri.py `pods`: the owner labels from ContainerStatus/PodSandboxStatus, the recorded linux.cgroupsPath
+(tests/support/realcri.py `pods`: the owner labels from ContainerStatus/PodSandboxStatus, the recorded linux.cgroupsPath
 and the process's /proc cgroup) and podman's and Docker's (runtimes.py `start`: the labels from `podman inspect`
 / `docker inspect`, the cgroup path the runtime recorded or implies, the process's /proc cgroup). Run by
 verify.yml on the controller: compare.py TEXTFILE ANSWERS...; exit 1 with the differences.

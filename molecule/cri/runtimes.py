@@ -1,5 +1,5 @@
 """Starts podman and Docker containers in the molecule/cri guest and writes, per process, the owner labels the
-runtime's own inspect answers for it, in the shape tests/realcri.py `pods` writes containerd's (verify.yml lists
+runtime's own inspect answers for it, in the shape tests/support/realcri.py `pods` writes containerd's (verify.yml lists
 both in the stand-in NVML; compare.py checks both). Run by verify.yml in the guest, as root, with the guest's
 python3 (standard library only):
 

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import grpc
 
-from collector import podresources_v1_pb2 as api
-from tests.simhost import HostTree
+from collector.attribution import podresources_v1_pb2 as api
+from tests.support.simhost import HostTree
 
 
 def container_id(seed: str) -> str:

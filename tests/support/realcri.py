@@ -34,9 +34,9 @@ from typing import Any, Optional
 
 import grpc
 
-from tests import cri_runtime_v1_pb2 as cri
-from tests import cri_runtime_v1_pb2_grpc as cri_grpc
-from tests.ociimage import build_archive
+from tests.support import cri_runtime_v1_pb2 as cri
+from tests.support import cri_runtime_v1_pb2_grpc as cri_grpc
+from tests.support.ociimage import build_archive
 
 WORKLOAD_IMAGE = "localhost/gpc-busybox:test"
 PAUSE_IMAGE = "localhost/gpc-pause:test"
@@ -519,7 +519,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """For a containerd that runs as a service (molecule/cri): `images WORKDIR` imports the images, `pods OUT`
     makes the cluster and writes, per PID, the owner labels containerd answers, the container's recorded
     cgroupsPath and the process's /proc cgroup; `remove` removes every pod."""
-    parser = argparse.ArgumentParser(prog="python -m tests.realcri")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.realcri")
     parser.add_argument("--socket", default=f"{STATE_DIR}/containerd.sock")
     parser.add_argument("--driver", choices=("cgroupfs", "systemd"), default="systemd")
     parser.add_argument("action", choices=("images", "pods", "remove"))

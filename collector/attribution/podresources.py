@@ -145,7 +145,7 @@ def list_pod_resources(socket_path: str, timeout: float) -> Any:
     # Imported here: grpc costs ~60 ms and ~14 MiB, paid only on nodes that have a socket to call.
     import grpc  # noqa: PLC0415
 
-    from collector import podresources_v1_pb2 as api  # noqa: PLC0415
+    from collector.attribution import podresources_v1_pb2 as api  # noqa: PLC0415
 
     channel = grpc.insecure_channel(
         "unix://" + os.path.abspath(socket_path),

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-from tests.simhost import HostTree
+from tests.support.simhost import HostTree
 
 DRA_KIND = "k8s.gpu.nvidia.com/claim"
 CAPS_MAJOR = 236

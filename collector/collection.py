@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Callable, NamedTuple, Optional
 
 from collector import accounting, nvml, procfs
-from collector.attribution import AttributionSettings, Attributor
+from collector.attribution.join import AttributionSettings, Attributor
 from collector.metrics import Report, SeriesCache, render_failure, render_report
 from collector.model import DeviceActivity, GpuProcess, HostProcess, NvmlSnapshot, Owner, ProcessRecord, process_key
 from collector.settings import Settings

@@ -87,7 +87,7 @@ class ContainerMeta(NamedTuple):
     source: str  # containerd, k3s, crio, docker, pod-logs
     # The cgroup the runtime recorded for the container, as its OCI spec's linux.cgroupsPath has it ("slice:prefix:id"
     # with the systemd driver, a path with cgroupfs; docker's from hostconfig.json's CgroupParent): checked against
-    # the process's cgroup (collector.cgroups.agrees). "" when the runtime recorded none (pod-logs: none to record).
+    # the process's cgroup (cgroups.agrees). "" when the runtime recorded none (pod-logs: none to record).
     # A state written before this field existed holds rows one field short: they are read again (state._containers).
     cgroup: str = ""
 

@@ -2,8 +2,8 @@
 stands for, which containers' allocations are not fully known, and (per run) whether each allocated device was
 used by its container, with how long it has gone unused.
 
-Device-plugin ids are read in every shape NVIDIA's device plugin and GKE's write (collector.podresources); DRA
-claim devices through their CDI specs (collector.cdi). Whatever cannot be placed for certain (an id of no known
+Device-plugin ids are read in every shape NVIDIA's device plugin and GKE's write (attribution.podresources); DRA
+claim devices through their CDI specs (attribution.cdi). Whatever cannot be placed for certain (an id of no known
 shape, a device not on this host's monitored GPUs, a claim whose CDI spec is missing or unreadable) makes that
 container's allocation incomplete: a process of it outside what is known is then not flagged either way.
 docs/allocation.md has the sources and the choices.
@@ -17,7 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Optional
 
 from collector import safeio
-from collector.cdi import CdiUnresolved, MigCap, SpecIndex, log_once, node_refs, parse_qualified, read_mig_caps
+from collector.attribution.cdi import (
+    CdiUnresolved,
+    MigCap,
+    SpecIndex,
+    log_once,
+    node_refs,
+    parse_qualified,
+    read_mig_caps,
+)
+from collector.attribution.podresources import GPU_DRA_DRIVERS, ClaimDevice, ContainerAllocation, DeviceRef
 from collector.model import (
     CDI_UNRESOLVED_REASONS,
     AllocationTarget,
@@ -28,12 +37,11 @@ from collector.model import (
     OwnerKind,
     ProcessRecord,
 )
-from collector.podresources import GPU_DRA_DRIVERS, ClaimDevice, ContainerAllocation, DeviceRef
 
 log = logging.getLogger(__name__)
 
 POD_LOGS = "var/log/pods"  # kubelet's <namespace>_<pod>_<uid> directories, under the host root
-MAX_POD_LOG_DIRS = 10_000  # collector.runtimes' bound (a node's pods, with room to spare)
+MAX_POD_LOG_DIRS = 10_000  # collector.attribution.runtimes' bound (a node's pods, with room to spare)
 
 Container = tuple[str, str, str]  # namespace, pod, container
 

@@ -1,12 +1,12 @@
 """Joins a GPU process to its owner, from local sources only, and cross-checks it against kubelet's allocation.
 
 cgroup path -> (pod UID, container id) -> runtime metadata -> (namespace, pod, container) -> pod-resources
-allocation (device-plugin ids, and DRA claims through their CDI specs: collector.allocation). A pod's process on a
+allocation (device-plugin ids, and DRA claims through their CDI specs: attribution.allocation). A pod's process on a
 GPU or MIG instance kubelet did not allocate to its container is flagged (`NVIDIA_VISIBLE_DEVICES=all` and similar
 escapes), and so is any non-pod process on a device kubelet handed to a container; where a container's allocation
 could not all be placed on this host, its processes off the known part are not flagged either way.
 
-A pod is believed only where every source agrees: the cgroup names it where kubelet puts pods (collector.cgroups),
+A pod is believed only where every source agrees: the cgroup names it where kubelet puts pods (attribution.cgroups),
 the runtime recorded that cgroup for the container and the pod's UID in its file, and kubelet, where it answers,
 lists the pod. Otherwise the owner is `unverified` (the cgroup's pod UID), never the pod the files name, and the
 disagreement is counted (docs/runtimes-and-cgroups.md, "Trust").
@@ -20,9 +20,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Optional
 
-from collector import allocation
-from collector.allocation import AllocationIndex, ClaimResolver, History, HistoryKey, target
-from collector.cgroups import CgroupOwner, agrees, parse_cgroup, parse_roots
+from collector.attribution import allocation
+from collector.attribution.allocation import AllocationIndex, ClaimResolver, History, HistoryKey, target
+from collector.attribution.cgroups import CgroupOwner, agrees, parse_cgroup, parse_roots
+from collector.attribution.podresources import DeviceRef, PodResourcesUnavailable, allocations, list_pod_resources
+from collector.attribution.runtimes import ContainerMeta, RuntimeMetadata
 from collector.model import (
     EMPTY,
     AllocationView,
@@ -33,8 +35,6 @@ from collector.model import (
     OwnerKind,
     ProcessRecord,
 )
-from collector.podresources import DeviceRef, PodResourcesUnavailable, allocations, list_pod_resources
-from collector.runtimes import ContainerMeta, RuntimeMetadata
 
 log = logging.getLogger(__name__)
 
