@@ -43,6 +43,8 @@ class OpenGpu(NamedTuple):
 
 
 class Reader:
+    """One read's GPUs: each opened (open_gpu), then read (read_gpu), into the records a snapshot is made of."""
+
     def __init__(self, options: Options, gpm_support: dict[str, bool],
                  integrator: Optional[Integrator] = None) -> None:
         self.options = options
