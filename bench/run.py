@@ -243,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"{GNU_TIME} is missing: apt-get install time")
     subprocess.run(["make", "-s", "-C", str(FAKE_NVML)], check=True)
     # As pip does when it installs the wheel: the timer's runs load bytecode, not source (this matters where
-    # PYTHONDONTWRITEBYTECODE is set, as on the development machines).
+    # PYTHONDONTWRITEBYTECODE is set in the environment).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "collector")], check=True)
     sizes = sorted({10, 1000, 5000} | set(map(int, args.sizes.split(","))))
     with hosts(sizes) as (cases, _):
