@@ -156,7 +156,7 @@ class Goal:
 
 
 UNIT_DEFAULTS = REPO / "roles/gpu_proc_collector/defaults/main.yml"
-MEMORY_SHARE = 0.75  # of the unit's MemoryMax=, for the largest scale the README promises
+MEMORY_SHARE = 0.75  # of the unit's MemoryMax=, for the largest scale this benchmark runs
 
 
 def memory_max_mib() -> float:

@@ -1,5 +1,5 @@
-"""The role's static contract: defaults and argument specs agree, the seed-compatible settings
-(docs/seed-interface.md) translate for systemd."""
+"""The role's static contract: defaults and argument specs agree, the compatible settings
+(docs/compatibility.md) translate for systemd."""
 
 from __future__ import annotations
 
@@ -185,11 +185,16 @@ def test_yaml_files_parse() -> None:
         yaml.safe_load(path.read_text())
 
 
-def test_the_readme_lists_every_role_variable() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_the_operators_pages_list_every_role_variable() -> None:
+    """docs/operations.md has every variable in its table, and the README links it and the role's generated list
+    (tests/test_collection.py holds that one to the argument specs)."""
+    operations = (REPO / "docs" / "operations.md").read_text()
     specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
-    missing = [name for name in specs if f"| `{name}` |" not in readme]
+    missing = [name for name in specs if f"| `{name}` |" not in operations]
     assert missing == []
+    readme = (REPO / "README.md").read_text()
+    assert "(docs/operations.md)" in readme
+    assert "(roles/gpu_proc_collector/README.md)" in readme
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +379,18 @@ def test_site_rollout_batches_come_from_extra_vars(tmp_path: Path) -> None:
     # The example extra-vars file: two canaries, then 25 %; a failure in a batch of two stops the play.
     recap = _rollout(tmp_path, "h1", ["-e", f"@{REPO / 'inventories' / 'example-rollout.yml'}"]).split("PLAY RECAP")[-1]
     assert re.findall(r"^(h\d)\s+:", recap, re.M) == ["h1", "h2"]
+
+
+def test_the_quick_start_command_plays_the_rollout_on_the_example_inventory() -> None:
+    """`ansible-playbook site.yml` from the repository root, as the README's quick start says: the root site.yml
+    is playbooks/site.yml's play, and ansible.cfg's inventory is the example fleet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")} | {"ANSIBLE_NOCOLOR": "1"}
+    result = subprocess.run([ansible_playbook(), "site.yml", "--list-hosts"], cwd=REPO, capture_output=True,
+                            text=True, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    play = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())[0]
+    assert f"play #1 ({play['hosts']}): {play['name']}" in result.stdout
+    fleet = yaml.safe_load((REPO / "inventories" / "example" / "hosts.yml").read_text())
+    listed = re.findall(r"^\s+(\S+\.example\.internal)$", result.stdout, re.M)
+    assert sorted(listed) == sorted(fleet["all"]["children"]["gpu_nodes"]["hosts"])
+    assert "ansible-playbook site.yml" in (REPO / "README.md").read_text()
