@@ -181,7 +181,8 @@ def test_the_unit_template_keeps_the_hardening_style_asks_for() -> None:
 
 
 def test_yaml_files_parse() -> None:
-    for path in [*ROLE.rglob("*.yml"), *Path(REPO, "molecule").rglob("*.yml"), REPO / "playbooks" / "site.yml"]:
+    for path in [*ROLE.rglob("*.yml"), *Path(REPO, "molecule").rglob("*.yml"), REPO / "playbooks" / "site.yml",
+                 REPO / "site.yml"]:
         yaml.safe_load(path.read_text())
 
 
