@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import UsageError, build_parser, parse_devices, settings
-from collector.settings import CONFIG_TYPES
-from tests.conftest import REPO
+from collector.cli import UsageError, parse_devices, settings
 
 
 def test_parse_devices() -> None:
@@ -39,13 +37,3 @@ def test_config_values_of_the_wrong_type_are_usage_errors(tmp_path: Path) -> Non
         config.write_text(document)
         with pytest.raises(UsageError):
             settings(["--config", str(config)])
-
-
-def test_the_operations_page_names_every_flag_and_config_key() -> None:
-    """docs/operations.md, the operator's reference, names every option of the command line and every key of the
-    config file, so a new one cannot ship undocumented."""
-    page = (REPO / "docs" / "operations.md").read_text()
-    flags = {flag for action in build_parser()._actions for flag in action.option_strings if flag.startswith("--")}
-    assert len(flags) > 15  # the parser's options were read
-    assert sorted(flag for flag in flags - {"--help"} if f"`{flag}" not in page) == []
-    assert sorted(key for key in CONFIG_TYPES if f"`{key}`" not in page) == []
