@@ -1,7 +1,7 @@
-"""The Ansible collection (scripts/build-collection.sh, README "As an Ansible collection"): the tarball carries the
-role, its filters and the collector's wheel and nothing of the repository besides; installed with ansible-galaxy
-into a collections path of its own, its role runs by its fully qualified name from a directory outside the
-repository, with no roles_path, and installs the wheel it carries. The role's README is generated from its
+"""The Ansible collection (scripts/build-collection.sh, docs/operations.md "As an Ansible collection"): the tarball
+carries the role, its filters and the collector's wheel and nothing of the repository besides; installed with
+ansible-galaxy into a collections path of its own, its role runs by its fully qualified name from a directory outside
+the repository, with no roles_path, and installs the wheel it carries. The role's README is generated from its
 argument specs, and its Galaxy metadata names what is tested. The real converge through the FQCN on a systemd guest
 is Molecule's scenario `collection` (scripts/test.sh)."""
 

@@ -1,4 +1,4 @@
-"""The metrics through the real Debian node_exporter and Prometheus: the seed's queries, the dashboard's panels and
+"""The metrics through the real Debian node_exporter and Prometheus: the compatible queries, the dashboard's panels and
 the recording rules answer what the scenario implies; vanished processes vanish; the alert rules pass promtool."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def stack() -> Iterator[Stack]:
 @dataclass(frozen=True)
 class Workload:
     pid: int
-    unit: str  # the seed's gpu label
+    unit: str  # the compatible gpu label
     namespace: str
     pod: str
     used_gib: int
