@@ -19,6 +19,8 @@ from tests.support.podsim import PodHost, pod_resources_server
 from tests.support.promstack import Prometheus, processes, start_node_exporter, start_prometheus, wait_equal
 from tests.support.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
+pytestmark = pytest.mark.slow  # real Prometheus and node_exporter (tests/support/promstack.py)
+
 RULES = REPO / "monitoring/prometheus/gpu-proc-collector.rules.yml"
 DASHBOARD = REPO / "monitoring/grafana/gpu-proc-collector.json"
 
