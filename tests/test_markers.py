@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Union
 
+import pytest
+
 from tests.conftest import REPO
 
 TESTS = REPO / "tests"
@@ -195,3 +197,15 @@ def test_a_helper_that_wraps_a_service_helper_is_one(tmp_path: Path) -> None:
     assert helpers == SERVICE_HELPERS | {"tests.support.stack", "tests.support.wrapped"}
     assert unmarked("from tests.support.wrapped import x\n\ndef test_d():\n    pass\n", helpers) == \
         ["test_d: imports tests.support.wrapped"]
+
+
+def test_ci_runs_the_slow_tests_too(pytestconfig: pytest.Config) -> None:
+    """The marker only narrows a run on request: neither pytest's own options nor scripts/test.sh (what CI runs)
+    select by marker, so CI runs every test."""
+    assert any(line.startswith("slow:") for line in pytestconfig.getini("markers"))
+    addopts = pytestconfig.getini("addopts")
+    assert not [option for option in addopts if option == "-m" or option.startswith("-m")], addopts
+    arguments = [line.split("-m pytest", 1)[1] for line in (REPO / "scripts" / "test.sh").read_text().splitlines()
+                 if "-m pytest" in line and not line.lstrip().startswith("#")]
+    assert arguments, "scripts/test.sh runs no python -m pytest"
+    assert not [line for line in arguments if re.search(r"(^|\s)-m\b|slow", line)], arguments
