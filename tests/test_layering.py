@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("collector.__main__",),  # the entry point: the interpreter's settings, then the command line
     ("collector.cli",),  # the command line
     ("collector.runner", "collector.check"),  # the two things a command does: runs (once or as a service), --check
-    ("collector.collection", "collector.systemd"),  # one collection; systemd's notify and signals for the service
+    # what they use: one collection; systemd's notify and signals for the service; node_exporter's answers for --check
+    ("collector.collection", "collector.systemd", "collector.check_node_exporter"),
     ("collector.state",),  # what one run leaves the next: the ledger, allocation history, container names
     ("collector.nvml", "collector.procfs", "collector.attribution"),  # the readers: NVML, /proc, who owns a process
     ("collector.accounting", "collector.metrics"),  # the ledger and the report made from it and the records
