@@ -19,8 +19,6 @@ from tests.support.podsim import PodHost, pod_resources_server
 from tests.support.promstack import Prometheus, processes, start_node_exporter, start_prometheus, wait_equal
 from tests.support.simhost import GIB, H100_MEMORY, Gpu, gpu_uuid, mig_instance, mig_uuid, proc, scenario
 
-pytestmark = pytest.mark.slow  # real Prometheus and node_exporter (tests/support/promstack.py)
-
 RULES = REPO / "monitoring/prometheus/gpu-proc-collector.rules.yml"
 DASHBOARD = REPO / "monitoring/grafana/gpu-proc-collector.json"
 
@@ -149,6 +147,7 @@ def expected_counts(workloads: list[Workload]) -> dict[str, float]:
     return {u: float(sum(1 for w in workloads if w.unit == u)) for u in UNITS}
 
 
+@pytest.mark.slow
 def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(host: Host, stack: Stack) -> None:
     host.textfile_dir = stack.textfile_dir
     document, k8s = build(host, WORKLOADS)
