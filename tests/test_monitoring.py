@@ -147,6 +147,7 @@ def expected_counts(workloads: list[Workload]) -> dict[str, float]:
     return {u: float(sum(1 for w in workloads if w.unit == u)) for u in UNITS}
 
 
+@pytest.mark.slow
 def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(host: Host, stack: Stack) -> None:
     host.textfile_dir = stack.textfile_dir
     document, k8s = build(host, WORKLOADS)

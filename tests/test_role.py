@@ -203,6 +203,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     return render(tmp_path_factory.mktemp("role"))
 
 
+@pytest.mark.slow
 def test_the_units_carry_the_translated_schedule_and_limits(rendered: dict[str, dict[str, str]]) -> None:
     for variant, calendar, quota, memory in (("default", "*-*-* *:0/1:00", "10%", "128M"),
                                              ("full", "*-*-* *:0/5:00", "25%", "128M")):
@@ -212,6 +213,7 @@ def test_the_units_carry_the_translated_schedule_and_limits(rendered: dict[str, 
         assert f"OnCalendar={calendar}" in rendered[variant]["gpu-proc-collector.timer"].splitlines(), variant
 
 
+@pytest.mark.slow
 def test_the_unit_names_private_ipc_only_to_a_systemd_that_knows_it(rendered: dict[str, dict[str, str]]) -> None:
     """PrivateIPC= is systemd 248's: Debian 11's 247 logs "Unknown key name" at every load (seen in the Molecule
     guest) and runs without it, so the role leaves it out there (preflight.yml reads the version)."""
@@ -221,6 +223,7 @@ def test_the_unit_names_private_ipc_only_to_a_systemd_that_knows_it(rendered: di
     assert old == rendered["default"]["gpu-proc-collector.service"].replace("PrivateIPC=yes\n", "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_config_template_writes_only_what_the_collector_accepts(
         rendered: dict[str, dict[str, str]], variant: str, tmp_path: Path) -> None:
@@ -280,6 +283,7 @@ def hardening(unit: str) -> list[tuple[str, str]]:
     return [(k, v) for k, v in sections(unit)["[Service]"] if k not in MODE_KEYS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("timer", "service"), [("default", "service"), ("full_timer", "full")])
 def test_both_modes_share_the_same_hardening(rendered: dict[str, dict[str, str]], timer: str, service: str) -> None:
     oneshot = rendered[timer]["gpu-proc-collector.service"]
@@ -290,6 +294,7 @@ def test_both_modes_share_the_same_hardening(rendered: dict[str, dict[str, str]]
     assert hardening(oneshot) == hardening(notify)
 
 
+@pytest.mark.slow
 def test_the_hardening_comparison_sees_a_directive_of_one_mode_only(rendered: dict[str, dict[str, str]]) -> None:
     """The guard of the test above: a sandbox line that only one mode's unit has is a difference."""
     notify = rendered["service"]["gpu-proc-collector.service"]
@@ -307,6 +312,7 @@ def seconds(value: str) -> float:
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["service", "full"])
 def test_the_service_mode_unit(rendered: dict[str, dict[str, str]], variant: str) -> None:
     values = VARIANTS[variant]
@@ -332,6 +338,7 @@ def test_the_service_mode_unit(rendered: dict[str, dict[str, str]], variant: str
     assert "nominal_interval" not in config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "period"), [("default", 60), ("full_timer", 300)])
 def test_the_timer_mode_unit_and_config(rendered: dict[str, dict[str, str]], variant: str, period: int) -> None:
     unit = sections(rendered[variant]["gpu-proc-collector.service"])
@@ -370,12 +377,14 @@ def _rollout(tmp_path: Path, failing: str, extra: list[str]) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_site_rollout_stops_at_the_first_failing_batch(tmp_path: Path) -> None:
     # Default batches: one canary, then 10 % (one host of five): h2 fails, so h3-h5 are never reached.
     recap = _rollout(tmp_path, "h2", []).split("PLAY RECAP")[-1]
     assert re.findall(r"^(h\d)\s+:", recap, re.M) == ["h1", "h2"]
 
 
+@pytest.mark.slow
 def test_site_rollout_batches_come_from_extra_vars(tmp_path: Path) -> None:
     # The example extra-vars file: two canaries, then 25 %; a failure in a batch of two stops the play.
     recap = _rollout(tmp_path, "h1", ["-e", f"@{REPO / 'inventories' / 'example-rollout.yml'}"]).split("PLAY RECAP")[-1]
