@@ -391,6 +391,7 @@ def test_site_rollout_batches_come_from_extra_vars(tmp_path: Path) -> None:
     assert re.findall(r"^(h\d)\s+:", recap, re.M) == ["h1", "h2"]
 
 
+@pytest.mark.slow
 def test_the_quick_start_command_plays_the_rollout_on_the_example_inventory() -> None:
     """`ansible-playbook site.yml` from the repository root, as the README's quick start says: the root site.yml
     is playbooks/site.yml's play, and ansible.cfg's inventory is the example fleet."""
