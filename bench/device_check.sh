@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The real-GPU check, for a session that is lent a GPU machine (docs/real-gpu-check.md): known GPU work (libcuda
-# through ctypes, no CUDA toolkit), the collector's answer about it, nvidia-smi's, and what NVML itself records.
+# The real-GPU check, for a host with an NVIDIA GPU (docs/real-gpu-check.md): known GPU work (libcuda through
+# ctypes, no CUDA toolkit), the collector's answer about it, nvidia-smi's, and what NVML itself records.
 # Needs the NVIDIA driver and a Python with the collector's dependencies (.venv, or the lean bench/out/venv the doc
-# shows how to make and carry); changes no GPU setting; done in under 5 minutes.
+# shows how to make and copy); changes no GPU setting; done in under 5 minutes.
 #   bench/device_check.sh [OUTDIR] [--stand-in | --stand-in-mig] [--interval SECONDS]
 # OUTDIR defaults to $OUT, then /tmp/device-check. Exit 0: every check passed; 1: one failed; 2: could not start.
 # DEVICE_CHECK_STAND_IN=1 is --stand-in (no GPU: the stand-in NVML library and a fake nvidia-smi).

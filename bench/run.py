@@ -156,7 +156,7 @@ class Goal:
 
 
 UNIT_DEFAULTS = REPO / "roles/gpu_proc_collector/defaults/main.yml"
-MEMORY_SHARE = 0.75  # of the unit's MemoryMax=, for the largest scale the README promises
+MEMORY_SHARE = 0.75  # of the unit's MemoryMax=, for the largest scale this benchmark runs
 
 
 def memory_max_mib() -> float:
@@ -243,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"{GNU_TIME} is missing: apt-get install time")
     subprocess.run(["make", "-s", "-C", str(FAKE_NVML)], check=True)
     # As pip does when it installs the wheel: the timer's runs load bytecode, not source (this matters where
-    # PYTHONDONTWRITEBYTECODE is set, as on the development machines).
+    # PYTHONDONTWRITEBYTECODE is set in the environment).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "collector")], check=True)
     sizes = sorted({10, 1000, 5000} | set(map(int, args.sizes.split(","))))
     with hosts(sizes) as (cases, _):

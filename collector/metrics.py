@@ -30,7 +30,7 @@ from collector.settings import DEFAULTS
 
 MIB = 1024 * 1024
 
-# The seed-compatible label sets (docs/seed-interface.md): unchanged, so its PromQL and panels work.
+# The compatible label sets (docs/compatibility.md): unchanged, so existing PromQL and panels work.
 SEED_INFO_LABELS = ["gpu", "pid", "command", "pod", "namespace", "container", "status", "gpu_memory"]
 SEED_UTIL_LABELS = ["gpu", "pid", "command", "pod", "namespace"]
 

@@ -73,7 +73,7 @@ class MigInfo(NamedTuple):
 class Device(NamedTuple):
     """A unit processes run on: a whole GPU, or one MIG instance of a GPU."""
 
-    # the `gpu` label (docs/seed-interface.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
+    # the `gpu` label (docs/compatibility.md): "0", or "0_1_2" for GPU 0, GPU instance 1, compute instance 2
     label: str
     index: int  # type: ignore[assignment]  # the physical GPU's NVML index (shadows tuple.index, as meant)
     uuid: str  # GPU-… or MIG-…

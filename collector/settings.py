@@ -32,7 +32,7 @@ class Settings(NamedTuple):
     # a kubepods tree directly below one is a pod. Below any other container it is not (docs/runtimes-and-cgroups.md).
     cgroup_roots: tuple[str, ...] = ()
     # Native metrics name the Kubernetes labels with this prefix ("k8s_" -> k8s_pod), for scrapes that would
-    # otherwise rename pod to exported_pod. The seed-compatible metrics keep their names.
+    # otherwise rename pod to exported_pod. The compatible metrics keep their names.
     label_prefix: str = ""
     command_args: bool = False  # export redacted command lines (gpu_process_command_info)
     # Per-process series per node (8 GPUs x 7 MIG instances with dozens of processes each); beyond it, aggregated.

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2 added the accounting ledger; a version 1 file is read, its counters start from 0
 STATE_FILE = "state.json"
-# 1.34 MiB at the largest scale the README promises (5,000 GPU processes in 1,000 pods, bench/run.py): six times
+# 1.34 MiB at the largest scale the benchmark runs (5,000 GPU processes in 1,000 pods, bench/run.py): six times
 # that is no state this collector wrote, and parsing it stays within the unit's memory (docs/reading-files.md)
 MAX_STATE_BYTES = 8 << 20
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Ansible collection gpu_proc_collector.gpu_proc_collector: the role plus the collector's own wheel,
-# so that `ansible-galaxy collection install` of the tarball is all a controller needs (README, "As an Ansible
-# collection"). Assembles build/collection/ from collection/ (galaxy.yml.in with the version of
+# so that `ansible-galaxy collection install` of the tarball is all a controller needs (docs/operations.md, "As an
+# Ansible collection"). Assembles build/collection/ from collection/ (galaxy.yml.in with the version of
 # collector/__init__.py, meta/runtime.yml, README.md) and roles/, builds the wheel into the role's files/wheels/
 # (the role's install.yml installs a wheel found there), then `ansible-galaxy collection build` into dist/
 # (or the directory given as $1). Prints the tarball's path.

@@ -259,7 +259,7 @@ def test_label_prefix_renames_the_kubernetes_labels_of_native_metrics_only(host:
     (labels, _), = result.series("gpu_process_memory_bytes", pid="270")
     assert (labels["k8s_pod"], labels["k8s_namespace"], labels["k8s_container"]) == ("train", "ml", "main")
     assert "pod" not in labels
-    assert info_of(result, 270)["pod"] == "train"  # the seed-compatible metrics keep their names
+    assert info_of(result, 270)["pod"] == "train"  # the compatible metrics keep their names
 
 
 def test_plain_docker_container(host: Host) -> None:

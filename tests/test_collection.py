@@ -1,7 +1,7 @@
-"""The Ansible collection (scripts/build-collection.sh, README "As an Ansible collection"): the tarball carries the
-role, its filters and the collector's wheel and nothing of the repository besides; installed with ansible-galaxy
-into a collections path of its own, its role runs by its fully qualified name from a directory outside the
-repository, with no roles_path, and installs the wheel it carries. The role's README is generated from its
+"""The Ansible collection (scripts/build-collection.sh, docs/operations.md "As an Ansible collection"): the tarball
+carries the role, its filters and the collector's wheel and nothing of the repository besides; installed with
+ansible-galaxy into a collections path of its own, its role runs by its fully qualified name from a directory outside
+the repository, with no roles_path, and installs the wheel it carries. The role's README is generated from its
 argument specs, and its Galaxy metadata names what is tested. The real converge through the FQCN on a systemd guest
 is Molecule's scenario `collection` (scripts/test.sh)."""
 
@@ -61,6 +61,7 @@ def installed(tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return collections
 
 
+@pytest.mark.slow
 def test_the_tarball_carries_the_role_its_filters_and_the_wheel_and_no_repository_files(tarball: Path) -> None:
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
@@ -87,6 +88,7 @@ def test_the_tarball_carries_the_role_its_filters_and_the_wheel_and_no_repositor
             f"gpu_proc_collector-{VERSION}.dist-info/entry_points.txt").decode()
 
 
+@pytest.mark.slow
 def test_the_build_is_reproducible(tarball: Path, tmp_path: Path) -> None:
     again = Path(_run([str(REPO / "scripts" / "build-collection.sh"), str(tmp_path)], REPO, _env()).stdout.split()[-1])
     with tarfile.open(tarball) as a, tarfile.open(again) as b:
@@ -117,6 +119,7 @@ PLAYBOOK = f"""\
 """
 
 
+@pytest.mark.slow
 def test_the_installed_role_runs_by_its_fqcn_outside_the_repository(installed: Path, tmp_path: Path) -> None:
     """A play in a directory outside the repository, with the installed collection as the only collections path and
     no roles_path: a syntax check, then check mode through the install tasks (configure and preflight's systemd

@@ -47,6 +47,7 @@ def workers_gone(out: Path) -> None:
         assert not Path(f"/proc/{pid}").exists() or b"device_check.py" not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fake_nvml")
 def test_stand_in_check_passes(tmp_path: Path) -> None:
     result = run_check(tmp_path, "--stand-in", "--interval", "1")
@@ -87,6 +88,7 @@ def test_stand_in_check_passes(tmp_path: Path) -> None:
     workers_gone(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fake_nvml")
 def test_stand_in_mig_asserts_the_instance_label_and_unknown_status(tmp_path: Path) -> None:
     result = run_check(tmp_path, "--stand-in-mig", "--interval", "1", "--phases", "full,duty30")
@@ -99,6 +101,7 @@ def test_stand_in_mig_asserts_the_instance_label_and_unknown_status(tmp_path: Pa
     assert "status='unknown' in phase full, expected active or unknown" in report
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fake_nvml")
 @pytest.mark.parametrize(
     ("corruption", "phases", "failing"),
@@ -480,6 +483,7 @@ SERVICE_ONLY = ("Type=notify", "NotifyAccess=", "ExecReload=", "WatchdogSec=", "
                 "RestartPreventExitStatus=", "TimeoutStopSec=")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fake_nvml")
 def test_the_sandbox_step_passes_the_timer_units_settings_and_asserts_as_the_plain_runs(tmp_path: Path) -> None:
     tools, log = systemd_stand_ins(tmp_path)
@@ -502,6 +506,7 @@ def test_the_sandbox_step_passes_the_timer_units_settings_and_asserts_as_the_pla
         [verb, unit] for unit in units for verb in ("stop", "reset-failed")]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fake_nvml")
 def test_a_failing_sandboxed_collector_is_reported_with_its_exit_and_its_unit_reset(tmp_path: Path) -> None:
     tools, log = systemd_stand_ins(tmp_path)

@@ -25,6 +25,8 @@ from tests.support.promstack import Prometheus, check_config, processes, start_n
 from tests.support.simhost import GIB, HostTree, gpu_uuid, mig_uuid
 from tests.test_monitoring import RULES, WORKLOADS, Workload, build
 
+pytestmark = pytest.mark.slow  # real Prometheus servers and node_exporter (tests/support/promstack.py)
+
 FEDERATION = REPO / "monitoring/federation"
 CLUSTER_CONFIG = FEDERATION / "cluster-prometheus.yml"
 REMOTE_WRITE_CONFIG = FEDERATION / "cluster-prometheus-remote-write.yml"

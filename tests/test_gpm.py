@@ -1,5 +1,5 @@
 """GPM activity (Hopper and newer) per GPU and per MIG GPU instance, through the stand-in NVML's GPM calls, and what
-it tells about the processes of a MIG instance (docs/nvml-driver.md, README "What it writes")."""
+it tells about the processes of a MIG instance (docs/nvml-driver.md, docs/metrics.md)."""
 
 from __future__ import annotations
 

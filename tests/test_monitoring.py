@@ -1,4 +1,4 @@
-"""The metrics through the real Debian node_exporter and Prometheus: the seed's queries, the dashboard's panels and
+"""The metrics through the real Debian node_exporter and Prometheus: the compatible queries, the dashboard's panels and
 the recording rules answer what the scenario implies; vanished processes vanish; the alert rules pass promtool."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def stack() -> Iterator[Stack]:
 @dataclass(frozen=True)
 class Workload:
     pid: int
-    unit: str  # the seed's gpu label
+    unit: str  # the compatible gpu label
     namespace: str
     pod: str
     used_gib: int
@@ -147,6 +147,7 @@ def expected_counts(workloads: list[Workload]) -> dict[str, float]:
     return {u: float(sum(1 for w in workloads if w.unit == u)) for u in UNITS}
 
 
+@pytest.mark.slow
 def test_seed_queries_dashboard_and_rules_through_node_exporter_and_prometheus(host: Host, stack: Stack) -> None:
     host.textfile_dir = stack.textfile_dir
     document, k8s = build(host, WORKLOADS)

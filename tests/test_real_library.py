@@ -1,7 +1,7 @@
 """The collector and the stand-in NVML held to NVIDIA's real libnvidia-ml.so.1, of drivers 535 (Debian bookworm's
 libnvidia-ml1) and 550 (trixie's), which scripts/setup.sh fetches: every NVML symbol the collector calls, or falls
 back from, is exported by both; every symbol a stand-in build exports exists in the real library of the driver
-generation it plays; and on the real library without a kernel driver the collector fails as README.md says
+generation it plays; and on the real library without a kernel driver the collector fails as docs/operations.md says
 (docs/nvml-driver.md, "The real library")."""
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def _lines(text: str) -> Iterable[str]:
 
 @pytest.mark.parametrize("generation", sorted(REAL))
 def test_the_collector_on_the_real_library_without_a_driver_fails_as_documented(host: Host, generation: str) -> None:
-    """README.md: exit 1, the file says gpu_proc_collector_up 0, one line on stderr (NVML's own message)."""
+    """docs/operations.md, "Exit codes": exit 1, the file says gpu_proc_collector_up 0, one line on stderr (NVML's
+    own message)."""
     result = _run(generation, host)
     assert result.returncode == 1, result.stderr
     assert _lines(result.stderr) == ["gpu-proc-collector: ERROR: collection failed: NVML init failed: "

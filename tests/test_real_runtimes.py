@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.attribution.runtimes import RuntimeMetadata
 from tests.conftest import require_root, require_tool
 from tests.support.realruntime import (
@@ -37,6 +39,8 @@ from tests.support.realruntime import (
     rootless_podman,
     unprivileged_user,
 )
+
+pytestmark = pytest.mark.slow  # real podman and Docker, and a booted systemd-nspawn guest
 
 TAG = f"gpc{os.getpid() % 100000}"
 

@@ -26,6 +26,8 @@ from tests.support import podsim
 from tests.support.realcri import TASKS, Cluster, Containerd, cgroup_parent, make_cluster
 from tests.support.simhost import Gpu, gpu_uuid, proc, scenario, write_scenario
 
+pytestmark = pytest.mark.slow  # real containerd and its CRI
+
 
 @pytest.fixture(scope="module")
 def containerd() -> Iterator[Containerd]:

@@ -196,6 +196,7 @@ def check(unit_text: str, driver: str) -> None:
     assert not any("m" in rule.access for rule in rules), rules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_the_unit_reaches_exactly_the_nodes_nvml_opens(unit: str, driver: str) -> None:
     check(unit, driver)
@@ -208,6 +209,7 @@ def with_device_allow(unit: str, entries: str) -> str:
     return replaced
 
 
+@pytest.mark.slow
 def test_the_check_fails_for_the_pre_r545_name_alone(unit: str) -> None:
     """The guard the test above names: with only the old group name, R550+ GPUs are out of reach."""
     old = with_device_allow(unit, "DeviceAllow=char-nvidia-frontend rw\nDeviceAllow=char-nvidia-caps r\n")
@@ -216,6 +218,7 @@ def test_the_check_fails_for_the_pre_r545_name_alone(unit: str) -> None:
         check(old, "r550")
 
 
+@pytest.mark.slow
 def test_a_broad_glob_would_reach_uvm_nvswitch_and_imex(unit: str) -> None:
     broad = with_device_allow(unit, "DeviceAllow=char-nvidia* rw\n")
     devices = proc_devices((FIXTURES / "proc-devices-r550.txt").read_text())

@@ -27,6 +27,8 @@ from tests.conftest import require_tool
 from tests.support.role_render import ROLE, ansible_playbook, render
 from tests.support.simhost import HostTree, write_podman_store
 
+pytestmark = pytest.mark.slow  # the role rendered and its preflight run by ansible-playbook
+
 UNIT = "gpu-proc-collector.service"
 # Where each runtime, systemd, D-Bus and kubelet's plugins listen (their defaults; k3s/RKE2 and MicroK8s ship
 # containerd under their own state directories). A connection to any of them is a way out of the sandbox.

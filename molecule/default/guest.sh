@@ -2,8 +2,8 @@
 # A booted systemd guest for Molecule: a debootstrapped root of the release asked for (Debian bullseye, bookworm or
 # trixie, Ubuntu jammy or noble; cached per release, rebuilt when missing), an overlay per guest so the base stays
 # clean, started with `systemd-nspawn --boot` on the host's network, reached by SSH on a loopback port. Why nspawn:
-# it boots a real systemd as PID 1 in ~2 s on these machines, where KVM is not available and qemu under TCG is ~7x
-# slower (measured on the 2-core CI machines).
+# it boots a real systemd as PID 1 in ~2 s and needs no KVM, where qemu under TCG (software emulation) is ~7x
+# slower on a 2-core host.
 #
 #   guest.sh create NAME PORT PUBKEY [RELEASE]   boot a guest (default bookworm), its sshd on 127.0.0.1:PORT
 #   guest.sh destroy NAME                        stop it, remove its overlay and its cgroup
