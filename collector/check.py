@@ -25,6 +25,7 @@ from typing import NamedTuple, Optional
 
 from collector import nvml, safeio
 from collector.attribution import podresources, runtimes
+from collector.nvml import inventory
 from collector.settings import Settings
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -69,7 +70,7 @@ def _count(n: int, singular: str, plural: str = "") -> str:
 
 def gpus(devices: Optional[Collection[int]], expect_gpus: Optional[int]) -> list[Finding]:
     try:
-        found = nvml.inventory()
+        found = inventory.read()
     except nvml.NvmlUnavailable as err:
         return [error(str(err))]  # "NVML init failed: Driver Not Loaded", as a run says it
     out = [ok(f"NVML initialised, driver version {found.driver_version}")]
@@ -105,7 +106,7 @@ def mig_capability_nodes(host_root: str) -> list[Finding]:
     return []
 
 
-def persistence(readable: Sequence[nvml.GpuInventory]) -> list[Finding]:
+def persistence(readable: Sequence[inventory.GpuInventory]) -> list[Finding]:
     out = [warning(f"GPU {gpu.index}: persistence mode is off: every timer run pays the driver's initialisation "
                    "(seconds on some hosts); enable it (nvidia-persistenced, or nvidia-smi -pm 1)")
            for gpu in readable if gpu.persistence_mode is False]

@@ -95,9 +95,10 @@ def test_a_gpm_capable_gpu_in_mig_mode_without_instances_does_not_fail_the_run(h
 TRACED_READ = """
 import json, time
 from collector import nvml
+from collector.nvml import compat, gpm
 
 events, slept = [], []
-sample, process_lists, pause = nvml._Gpm._sample, nvml._Reader._process_lists, time.sleep
+sample, process_lists, pause = gpm.Sampler._sample, compat.process_lists, time.sleep
 
 def traced_sample(target):
     events.append(("gpm", target.key, time.monotonic()))
@@ -108,9 +109,9 @@ def slow_process_lists(handle):  # 70 ms per list, as a busy driver might take
     pause(0.07)
     return process_lists(handle)
 
-nvml._Gpm._sample = staticmethod(traced_sample)
-nvml._Reader._process_lists = staticmethod(slow_process_lists)
-nvml.time.sleep = lambda seconds: slept.append(seconds)  # the GPM wait only: the lists above keep their pause
+gpm.Sampler._sample = staticmethod(traced_sample)
+compat.process_lists = slow_process_lists
+gpm.time.sleep = lambda seconds: slept.append(seconds)  # the GPM wait only: the lists above keep their pause
 snapshot = nvml.read_snapshot(None, {}, int(time.time() * 1_000_000))
 print(json.dumps({"events": events, "slept": slept, "activity": sorted(snapshot.activity)}))
 """

@@ -269,7 +269,7 @@ def test_the_watchdog_firing_while_the_run_publishes_waits_and_then_does_nothing
     assert "deadline" not in result.stderr
 
 
-# ---- the listed-PID filter on utilisation entries (collector/nvml.py), through the stand-in NVML ----
+# ---- the listed-PID filter on utilisation entries (collector/nvml/sampling.py), through the stand-in NVML ----
 
 def _at(stamp: float) -> int:
     return int(stamp * 1e6)
@@ -358,7 +358,7 @@ def _stamps(document: Any) -> Iterator[int]:
 
 
 
-# ---- GPM values (collector/nvml.py _gpm_metrics) ----
+# ---- GPM values (collector/nvml/gpm.py _metrics) ----
 
 GPM_FAMILIES = ("gpu_device_sm_utilization_percent", "gpu_device_sm_occupancy_percent",
                 "gpu_device_tensor_active_percent", "gpu_device_dram_bandwidth_utilization_percent")

@@ -15,7 +15,8 @@ def test_a_run_imports_neither_its_test_references_nor_grpc_without_a_socket(hos
     """psutil and prometheus_client are the tests' references only (collector.procfs and collector.exposition do
     their work); grpc and the protobuf module are for kubelet's socket, which this host does not have; the
     records are NamedTuples and plain classes, so dataclasses (with inspect, ast and dis) is not imported; PyYAML
-    is for CDI specs written as YAML, which this host does not have."""
+    is for CDI specs written as YAML, which this host does not have. `--check`'s modules (collector.check and the NVML
+    inventory) are not imported by a run."""
     host.tree.add_process(5100)
     result = host.run(scenario([Gpu(0, compute=[proc(5100)])]), env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stderr
@@ -23,5 +24,7 @@ def test_a_run_imports_neither_its_test_references_nor_grpc_without_a_socket(hos
     modules = imported(result.stderr)
     assert "collector.cli" in modules  # the lines were read
     assert "collector.check" not in modules  # --check's, imported only for it
+    assert "collector.nvml.session" in modules
+    assert "collector.nvml.inventory" not in modules  # --check's NVML inventory, imported by collector.check only
     top = {name.split(".")[0] for name in modules}
     assert not top & {"psutil", "prometheus_client", "grpc", "google", "dataclasses", "yaml"}, sorted(top)

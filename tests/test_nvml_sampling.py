@@ -8,6 +8,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from collector import nvml
+from collector.nvml import sampling
 
 
 @hypothesis_settings(max_examples=300, deadline=None)
@@ -20,4 +21,4 @@ def test_utilisation_entries_one_per_pid_give_what_weighting_them_gives(samples:
     def exact(result: dict[int, nvml.Activity]) -> dict[int, tuple[str, bool]]:
         return {pid: (repr(a.sm_percent), a.active) for pid, a in result.items()}
 
-    assert exact(nvml.time_weighted(samples)) == exact(nvml._weighted(samples))
+    assert exact(nvml.time_weighted(samples)) == exact(sampling._weighted(samples))

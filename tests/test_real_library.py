@@ -57,14 +57,22 @@ def _wrapper_symbols(name: str, seen: set[str]) -> set[str]:
     return symbols
 
 
+def nvml_modules() -> list[Path]:
+    """The modules of the collector.nvml package: every file of it, so a module added later is read too."""
+    modules = sorted(Path(nvml.__file__).parent.glob("*.py"))
+    assert {m.name for m in modules} >= {"__init__.py", "query.py", "compat.py", "devices.py", "sampling.py",
+                                        "gpm.py", "session.py", "inventory.py"}
+    return modules
+
+
 def collector_symbols() -> set[str]:
-    """Every NVML symbol collector/nvml.py calls or falls back from: through the pynvml wrappers it calls, the
-    *_v3 symbols it resolves itself, and the ones it probes for."""
-    tree = ast.parse(Path(nvml.__file__).read_text())
-    wrappers = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+    """Every NVML symbol the collector.nvml package calls or falls back from: through the pynvml wrappers it calls,
+    the *_v3 symbols it resolves itself, and the ones it probes for."""
+    nodes = [n for module in nvml_modules() for n in ast.walk(ast.parse(module.read_text()))]
+    wrappers = {n.attr for n in nodes if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
                 and n.value.id == "pynvml" and inspect.isfunction(getattr(pynvml, n.attr, None))
                 and n.attr.startswith("nvml")}
-    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    literals = {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)
                 and re.fullmatch(r"nvml[A-Z]\w*", n.value)}
     symbols = set().union(*(_wrapper_symbols(w, set()) for w in wrappers))
     symbols |= {current + "_v3" for _, current, _ in nvml.PROCESS_LISTS}
@@ -75,7 +83,7 @@ def collector_symbols() -> set[str]:
     return symbols
 
 
-def test_the_collectors_symbols_are_found_in_nvml_py() -> None:
+def test_the_collectors_symbols_are_found_in_the_nvml_package() -> None:
     """The derivation itself: the calls every collection makes, the *_v3 lists and their R470 fallbacks."""
     found = collector_symbols()
     for symbol in ("nvmlInitWithFlags", "nvmlShutdown", "nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetUUID",
