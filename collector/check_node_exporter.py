@@ -88,13 +88,12 @@ def flag_values(args: Sequence[str], flag: str) -> list[str]:
 
 
 def textfile_collector_on(args: Sequence[str]) -> bool:
-    """node_exporter's textfile collector is on by default; `--no-collector.textfile` turns it off and
-    `--collector.disable-defaults` turns every collector off unless `--collector.textfile` names it (kingpin: the
-    last of a boolean flag's forms wins)."""
-    switches = [arg for arg in args if arg in ("--collector.textfile", "--no-collector.textfile")]
-    if switches:
-        return switches[-1] == "--collector.textfile"
-    return "--collector.disable-defaults" not in args
+    """node_exporter's textfile collector is on by default; `--no-collector.textfile` turns it off, and
+    `--collector.disable-defaults` turns every collector off but those named (`--collector.textfile`). kingpin
+    refuses a boolean flag given twice, so at most one of the two forms is there."""
+    if "--no-collector.textfile" in args:
+        return False
+    return "--collector.textfile" in args or "--collector.disable-defaults" not in args
 
 
 def running(host_root: str) -> list[Running]:
@@ -212,7 +211,9 @@ class Page(NamedTuple):
 
 
 def fetch(url: str) -> Page:
-    """GETs url: at most MAX_BYTES, within TOTAL_TIMEOUT. Raises requests.RequestException."""
+    """GETs url: at most MAX_BYTES, within TOTAL_TIMEOUT. Raises requests.RequestException or urllib3's HTTPError.
+    The body is read with read1 (what has arrived, up to CHUNK): read(CHUNK) would wait for a whole chunk, and a
+    server sending a byte at a time would never meet READ_TIMEOUT nor the end of one."""
     with requests.Session() as session:
         session.trust_env = False  # an HTTP proxy from the environment would ask another host's node_exporter
         with session.get(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), stream=True, allow_redirects=False,
@@ -221,20 +222,23 @@ def fetch(url: str) -> Page:
                 return Page(b"", f"answered HTTP {response.status_code} {response.reason or ''}".rstrip())
             deadline = time.monotonic() + TOTAL_TIMEOUT
             body = bytearray()
-            for chunk in response.iter_content(CHUNK):
+            while True:
+                chunk = response.raw.read1(CHUNK)
+                if not chunk:
+                    return Page(bytes(body), "")
                 body += chunk
                 if len(body) > MAX_BYTES:
                     return Page(b"", f"answered more than {MAX_BYTES >> 20} MiB: not node_exporter's metrics page")
                 if time.monotonic() > deadline:
                     return Page(b"", f"timed out: the answer did not end within {TOTAL_TIMEOUT:g} s")
-            return Page(bytes(body), "")
 
 
-def _describe(err: requests.RequestException) -> str:
+def _describe(err: Exception) -> str:
     cause = err.args[0] if err.args else None
     if isinstance(err, requests.ConnectTimeout):
         return f"timed out: no connection within {CONNECT_TIMEOUT:g} s"
-    if isinstance(err, requests.Timeout) or isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+    if isinstance(err, (requests.Timeout, urllib3.exceptions.TimeoutError)) or \
+            isinstance(cause, urllib3.exceptions.ReadTimeoutError):
         return f"timed out: no answer within {READ_TIMEOUT:g} s"
     reason = getattr(cause, "reason", cause)
     text = str(reason)
@@ -257,7 +261,7 @@ def served(settings: Settings, url: str, process: Optional[Running]) -> Finding:
                 "serves TLS, as --node-exporter-url or node_exporter_url in --config)")
     try:
         page = fetch(url)
-    except requests.RequestException as err:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
         return "error", f"{who} {_describe(err)}{hint}"
     if page.problem:
         return "error", f"{who} {page.problem}{hint}"

@@ -113,14 +113,14 @@ def check_config(path: Path) -> None:
 
 
 def start_node_exporter(procs: Processes, textfile_dir: Optional[Path], name: str = "node-exporter",
-                        flags: Sequence[str] = ()) -> str:
-    """node_exporter with only its textfile collector, reading textfile_dir (None: no directory flag), and any
-    further flags; returns its host:port."""
+                        collectors: Sequence[str] = ("--collector.textfile",)) -> str:
+    """node_exporter with only these collectors (its textfile collector), reading textfile_dir (None: no
+    directory flag); returns its host:port."""
     binary = require_tool("prometheus-node-exporter")
     address = f"{LOOPBACK}:{free_port()}"
     directory = [] if textfile_dir is None else [f"--collector.textfile.directory={textfile_dir}"]
-    proc = procs.start(name, [binary, "--collector.disable-defaults", "--collector.textfile", *directory,
-                              f"--web.listen-address={address}", *flags])
+    proc = procs.start(name, [binary, "--collector.disable-defaults", *collectors, *directory,
+                              f"--web.listen-address={address}"])
     procs.wait_http(f"http://{address}/metrics", proc)
     return address
 
