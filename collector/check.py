@@ -15,30 +15,21 @@ and state directories. Past the run's deadline (a hung NVML call) it says so and
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import sys
 import tempfile
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Optional
 
-from collector import nvml, safeio
+from collector import check_node_exporter, nvml
 from collector.attribution import podresources, runtimes
 from collector.nvml import inventory
 from collector.settings import Settings
 
 EXIT_OK, EXIT_FAILED = 0, 1
-NODE_EXPORTER_NAMES = ("node_exporter", "prometheus-node-exporter")  # argv[0]: upstream's, Debian's
-TEXTFILE_FLAG = "--collector.textfile.directory"
-NODE_EXPORTER_DEFAULTS = "etc/default/prometheus-node-exporter"  # Debian's: ARGS="..."
-MAX_DEFAULTS_BYTES = 1 << 20  # a shell fragment of a few lines
-MAX_CMDLINE_BYTES = 1 << 20  # node_exporter's command line is a few hundred bytes
-DEBIAN_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # the Debian package's built-in default
 PROBE_PREFIX = ".gpu-proc-collector-check."  # not *.prom: node_exporter never reads it
 RUNTIME_NAMES = {"containerd": "containerd", "k3s": "k3s containerd", "microk8s": "microk8s containerd",
                  "crio": "CRI-O", "docker": "docker", "pod-logs": "kubelet pod log"}
-_ARGS = re.compile(r"^\s*(?:export\s+)?ARGS=(.*)$")
 
 
 class Finding(NamedTuple):
@@ -196,108 +187,10 @@ def state_dir(directory: str) -> Finding:
     return error(f"state directory {directory} does not exist and cannot be created: {parent} is not writable")
 
 
-def _textfile_flag(args: Sequence[str]) -> Optional[str]:
-    """node_exporter's --collector.textfile.directory in an argument list: `--flag=DIR` or `--flag DIR`."""
-    for i, arg in enumerate(args):
-        if arg.startswith(TEXTFILE_FLAG + "="):
-            return arg[len(TEXTFILE_FLAG) + 1:]
-        if arg == TEXTFILE_FLAG and i + 1 < len(args):
-            return args[i + 1]
-    return None
-
-
-class NodeExporterDir(NamedTuple):
-    directory: str  # as node_exporter names it
-    source: str  # where that was found
-    pid: Optional[int] = None  # the running node_exporter's, whose root the path is under
-
-
-def _running(host_root: str) -> Iterable[NodeExporterDir]:
-    proc = os.path.join(host_root, "proc")
-    try:
-        pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            raw = safeio.read(os.path.join(proc, str(pid), "cmdline"), MAX_CMDLINE_BYTES, root=host_root)
-        except (OSError, safeio.Refused):
-            continue  # exited meanwhile, or a command line longer than node_exporter's ever is
-        args = [arg.decode(errors="replace") for arg in raw.split(b"\0")]
-        if args and os.path.basename(args[0]) in NODE_EXPORTER_NAMES:
-            directory = _textfile_flag(args[1:])
-            if directory:
-                yield NodeExporterDir(directory, f"{TEXTFILE_FLAG} of the running {args[0]}, PID {pid}", pid)
-
-
-def _defaults_args(host_root: str) -> Optional[NodeExporterDir]:
-    """The flag in Debian's /etc/default/prometheus-node-exporter ARGS (its last assignment, as the shell reads
-    it)."""
-    path = os.path.join(host_root, NODE_EXPORTER_DEFAULTS)
-    try:
-        lines = safeio.read(path, MAX_DEFAULTS_BYTES, root=host_root).decode("utf-8", "replace").splitlines()
-    except (OSError, safeio.Refused):
-        return None
-    args: list[str] = []
-    for line in lines:
-        found = _ARGS.match(line)
-        if found:
-            try:
-                args = shlex.split(" ".join(shlex.split(found.group(1), comments=True)))
-            except ValueError:
-                continue  # unbalanced quotes: the shell would refuse it too
-    directory = _textfile_flag(args)
-    return NodeExporterDir(directory, f"ARGS in /{NODE_EXPORTER_DEFAULTS}") if directory else None
-
-
-def node_exporter_dir(host_root: str) -> Optional[NodeExporterDir]:
-    """The directory node_exporter reads: a running one's flag, else Debian's ARGS, else Debian's default (when it
-    exists); None when none of them tells."""
-    running = next(iter(_running(host_root)), None)
-    if running is not None:
-        return running
-    configured = _defaults_args(host_root)
-    if configured is not None:
-        return configured
-    if os.path.isdir(os.path.join(host_root, DEBIAN_TEXTFILE_DIR.lstrip("/"))):
-        return NodeExporterDir(DEBIAN_TEXTFILE_DIR, "the Debian package's default")
-    return None
-
-
-def _same_directory(ours: str, theirs: NodeExporterDir, host_root: str) -> bool:
-    if os.path.normpath(ours) == os.path.normpath(theirs.directory):
-        return True
-    relative = theirs.directory.lstrip("/")
-    # Under the host root, and under a running node_exporter's own root (a container's mount namespace).
-    candidates = [os.path.join(host_root, relative)]
-    if theirs.pid is not None:
-        candidates.append(os.path.join(host_root, "proc", str(theirs.pid), "root", relative))
-    for candidate in candidates:
-        try:
-            if os.path.samefile(ours, candidate):
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def textfile(settings: Settings) -> list[Finding]:
-    theirs = node_exporter_dir(settings.host_root)
-    served = f"node_exporter reads {theirs.directory} ({theirs.source})" if theirs else ""
-    ours = settings.textfile_dir
-    if ours is None:
-        return [warning("no textfile directory (--textfile-dir, or textfile_dir in --config): a run prints its "
-                        "metrics" + (f"; {served}" if served else ""))]
-    out = [_probe(ours, "textfile directory")]
-    if theirs is None:
-        out.append(warning(f"cannot tell which directory node_exporter reads: no running node_exporter names one, "
-                           f"/{NODE_EXPORTER_DEFAULTS} sets no {TEXTFILE_FLAG}, and {DEBIAN_TEXTFILE_DIR} does not "
-                           "exist"))
-    elif _same_directory(ours, theirs, settings.host_root):
-        out.append(ok(f"{served}: the textfile directory"))
-    else:
-        out.append(warning(f"{served}, not the textfile directory {ours}: it will not serve the metrics"))
-    return out
+    """The textfile directory, then what node_exporter reads and serves (collector/check_node_exporter.py)."""
+    out = [] if settings.textfile_dir is None else [_probe(settings.textfile_dir, "textfile directory")]
+    return out + [Finding(*finding) for finding in check_node_exporter.findings(settings)]
 
 
 # ---- the whole check ----

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "on any error; writes no metrics")
     parser.add_argument("--expect-gpus", metavar="N", type=int,
                         help="with --check: an error unless NVML lists exactly N GPUs")
+    parser.add_argument("--node-exporter-url", metavar="URL",
+                        help="with --check: ask node_exporter for its metrics at URL (default: from the running "
+                        "node_exporter's --web.listen-address and --web.telemetry-path), e.g. "
+                        "https://127.0.0.1:9100/metrics")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

@@ -47,6 +47,9 @@ class Settings(NamedTuple):
     # filled by accounting. The long-running mode uses its interval.
     nominal_interval: float = 60.0
     log_level: str = "info"
+    # --check only: where node_exporter serves its metrics; None: from the running node_exporter's flags
+    # (collector/check_node_exporter.py). For one behind TLS or a password, or one --check cannot see as a process.
+    node_exporter_url: Optional[str] = None
 
     @property
     def textfile(self) -> Optional[str]:
@@ -77,6 +80,7 @@ CONFIG_TYPES: dict[str, Union[type, tuple[type, ...]]] = {
     "sample_interval": _NUMBER,
     "nominal_interval": _NUMBER,
     "log_level": str,
+    "node_exporter_url": str,
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -138,6 +142,9 @@ def build(values: Mapping[str, Any]) -> Settings:
     log_level = str(v.get("log_level", DEFAULTS.log_level)).lower()
     if log_level not in LOG_LEVELS:
         raise UsageError(f"log_level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
+    node_exporter_url = v.get("node_exporter_url") or None
+    if node_exporter_url is not None and not re.match(r"https?://[^/?#\s]+", node_exporter_url):
+        raise UsageError(f"--node-exporter-url must be an http:// or https:// URL (got {node_exporter_url!r})")
     return Settings(
         textfile_dir=v.get("textfile_dir") or None,
         host_root=v.get("host_root") or DEFAULTS.host_root,
@@ -157,4 +164,5 @@ def build(values: Mapping[str, Any]) -> Settings:
         sample_interval=_positive(v.get("sample_interval", DEFAULTS.sample_interval), "--sample-interval"),
         nominal_interval=_positive(v.get("nominal_interval", DEFAULTS.nominal_interval), "nominal_interval"),
         log_level=log_level,
+        node_exporter_url=node_exporter_url,
     )

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import Host, Result, mounted_tmpfs
 from tests.support.podsim import PodHost, pod_resources_server
+from tests.support.promstack import LOOPBACK, free_port, processes, start_node_exporter
 from tests.support.simhost import Gpu, compute_instance, gpu_instance, gpu_uuid, scenario
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -37,8 +38,9 @@ def lines(result: Result) -> list[str]:
 
 
 def node_exporter(host: Host, *args: str, pid: int = 900, argv0: str = "/usr/bin/prometheus-node-exporter") -> None:
-    """A running node_exporter, as the host's /proc shows it."""
-    host.tree.add_process(pid, os.path.basename(argv0)[:15], cmdline=[argv0, "--web.listen-address=:9100", *args])
+    """A node_exporter as the host's /proc shows it, listening where nothing answers (a port just closed)."""
+    listen = f"--web.listen-address={LOOPBACK}:{free_port()}"
+    host.tree.add_process(pid, os.path.basename(argv0)[:15], cmdline=[argv0, listen, *args])
 
 
 @pytest.fixture
@@ -47,12 +49,12 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         yield d
 
 
+@pytest.mark.slow
 def test_a_healthy_host_passes_and_leaves_a_running_service_alone(host: Host) -> None:
     pods = PodHost(host.tree)
     pod = pods.add_pod("ml", "trainer")
     pod.containers[0].devices.append(("nvidia.com/gpu", [gpu_uuid(0)]))
     pods.add_pod("ml", "no-gpu")
-    node_exporter(host, f"{FLAG}={host.textfile_dir}")
     host.state_dir.mkdir()
     last = b"# HELP gpu_proc_collector_up 1 if the run succeeded\n# TYPE gpu_proc_collector_up gauge\n" \
         b"gpu_proc_collector_up 1\n"
@@ -60,7 +62,10 @@ def test_a_healthy_host_passes_and_leaves_a_running_service_alone(host: Host) ->
     lock = (host.state_dir / "lock").open("a")
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the long-running service holds the run lock
 
-    with pod_resources_server(host.socket, pods.pods) as calls:
+    with processes(host.base / "logs") as procs, pod_resources_server(host.socket, pods.pods) as calls:
+        address = start_node_exporter(procs, host.textfile_dir)  # the real one, reading the textfile directory
+        exporter = procs.procs[-1][0]
+        host.tree.show_real_process(exporter.pid)
         result = check(host, two_gpus(), "--expect-gpus", "2")
     lock.close()
 
@@ -75,8 +80,10 @@ def test_a_healthy_host_passes_and_leaves_a_running_service_alone(host: Host) ->
         f"ok: containerd directory {root}/run/containerd/io.containerd.runtime.v2.task/k8s.io readable (2 entries)",
         f"ok: kubelet pod log directory {root}/var/log/pods readable (2 entries)",
         f"ok: textfile directory {host.textfile_dir} is writable",
-        f"ok: node_exporter reads {host.textfile_dir} ({FLAG} of the running /usr/bin/prometheus-node-exporter, "
-        "PID 900): the textfile directory",
+        f"ok: node_exporter reads {host.textfile_dir} ({FLAG} of the running {exporter.args[0]}, "
+        f"PID {exporter.pid}): the textfile directory",
+        f"ok: node_exporter at http://{address}/metrics serves the collector's series (gpu_proc_collector_up) with "
+        "node_textfile_scrape_error 0",
         f"ok: state directory {host.state_dir} is writable",
     ], result.stderr
     assert result.returncode == 0
@@ -176,7 +183,8 @@ def test_a_missing_textfile_directory_is_an_error(host: Host) -> None:
 
 
 def node_exporter_line(result: Result) -> str:
-    starts = ("node_exporter reads ", "cannot tell which directory node_exporter", "no textfile directory")
+    starts = ("node_exporter reads ", "cannot tell which directory node_exporter", "no textfile directory",
+              "the running ")
     found = [line for line in lines(result) if line.split(": ", 1)[1].startswith(starts)]
     assert len(found) == 1, result.stdout
     return found[0]
@@ -191,9 +199,9 @@ def test_node_exporters_directory_from_its_running_command_line(host: Host, form
     host.tree.write("etc/default/prometheus-node-exporter", f'ARGS="{FLAG}={host.textfile_dir}"\n')  # not read
     result = check(host, two_gpus())
     assert node_exporter_line(result) == (
-        f"warning: node_exporter reads {other} ({FLAG} of the running /bin/node_exporter, PID 4321), not the "
+        f"error: node_exporter reads {other} ({FLAG} of the running /bin/node_exporter, PID 4321), not the "
         f"textfile directory {host.textfile_dir}: it will not serve the metrics")
-    assert result.returncode == 0
+    assert result.returncode == 1
 
 
 def test_node_exporter_in_a_container_reads_the_textfile_directory_through_its_own_root(host: Host) -> None:
@@ -209,7 +217,7 @@ def test_node_exporter_in_a_container_reads_the_textfile_directory_through_its_o
 
 
 def test_node_exporters_directory_from_debians_defaults_file(host: Host) -> None:
-    node_exporter(host)  # running without the flag: its ARGS tell
+    """Where node_exporter is not running: what the package's unit will start it with."""
     host.tree.write("etc/default/prometheus-node-exporter",
                     "# Set the command-line arguments to pass to the server.\n"
                     f'ARGS="{FLAG}=/var/lib/prometheus/node-exporter"\n'
@@ -227,7 +235,7 @@ def test_node_exporters_directory_from_debians_defaults_file(host: Host) -> None
 def test_node_exporters_directory_is_debians_default_or_unknown(host: Host) -> None:
     result = check(host, two_gpus())
     assert node_exporter_line(result) == (
-        "warning: cannot tell which directory node_exporter reads: no running node_exporter names one, "
+        "warning: cannot tell which directory node_exporter reads: no node_exporter is running, "
         f"/etc/default/prometheus-node-exporter sets no {FLAG}, and /var/lib/prometheus/node-exporter does not exist")
     assert result.returncode == 0
     (host.tree.root / "var/lib/prometheus/node-exporter").mkdir(parents=True)

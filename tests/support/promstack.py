@@ -8,11 +8,11 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import pytest
 import requests
@@ -112,12 +112,15 @@ def check_config(path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def start_node_exporter(procs: Processes, textfile_dir: Path, name: str = "node-exporter") -> str:
-    """node_exporter with only its textfile collector, reading textfile_dir; returns its host:port."""
+def start_node_exporter(procs: Processes, textfile_dir: Optional[Path], name: str = "node-exporter",
+                        collectors: Sequence[str] = ("--collector.textfile",)) -> str:
+    """node_exporter with only these collectors (its textfile collector), reading textfile_dir (None: no
+    directory flag); returns its host:port."""
     binary = require_tool("prometheus-node-exporter")
     address = f"{LOOPBACK}:{free_port()}"
-    proc = procs.start(name, [binary, "--collector.disable-defaults", "--collector.textfile",
-                              f"--collector.textfile.directory={textfile_dir}", f"--web.listen-address={address}"])
+    directory = [] if textfile_dir is None else [f"--collector.textfile.directory={textfile_dir}"]
+    proc = procs.start(name, [binary, "--collector.disable-defaults", *collectors, *directory,
+                              f"--web.listen-address={address}"])
     procs.wait_http(f"http://{address}/metrics", proc)
     return address
 

@@ -69,6 +69,11 @@ class HostTree:
         (d / "cgroup").write_text(cgroup)
         (d / "status").write_bytes(b"Name:\t%s\nState:\tS (sleeping)\nPid:\t%d\nUid:\t0\t0\t0\t0\n" % (name, pid))
 
+    def show_real_process(self, pid: int) -> None:
+        """A real process in this host's /proc: its entry is the kernel's (a link to /proc/<pid>)."""
+        (self.root / "proc").mkdir(parents=True, exist_ok=True)
+        (self.root / "proc" / str(pid)).symlink_to(f"/proc/{pid}")
+
     def remove_process(self, pid: int) -> None:
         d = self.root / "proc" / str(pid)
         for f in d.iterdir():
