@@ -270,7 +270,7 @@ def safe_name(value: str) -> str:
     hex digits of the SHA-256 of the whole original: names that differ only past the limit, or only in their
     surrogates, stay two. What it returns fits and holds no surrogate, so it is its own safe name: a stage may
     apply it to a name an earlier stage made safe already, and nothing changes."""
-    if len(value) <= MAX_LABEL_CHARS and not has_surrogates(value):
+    if len(value) <= MAX_LABEL_CHARS and (value.isascii() or not has_surrogates(value)):  # ASCII: no surrogate
         return value
     import hashlib  # noqa: PLC0415 - only for a name to alter: its OpenSSL library costs every run 3 MiB and ms
 
