@@ -196,8 +196,11 @@ def _depth_within(raw: bytes, limit: int) -> bool:
     (as many passes as the document is deep). Unbalanced brackets are not JSON and count as too deep."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return True
-    # (`""` goes before the regex: a string without brackets, or two strings side by side, is no structure)
-    reduced = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    # (`""` goes before the regex: a string without brackets, or two strings side by side, is no structure; the
+    # escapes' two passes over the whole text only where there is a backslash at all, one memchr)
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    reduced = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
     if b'"' in reduced:
         reduced = _STRING.sub(b"", reduced)
     brackets = reduced.replace(b"{", b"[").replace(b"}", b"]")
