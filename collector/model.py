@@ -3,9 +3,11 @@
 Records are typing.NamedTuple, not dataclasses: importing dataclasses and generating a class with it cost a timer
 run far more than a NamedTuple does (docs/performance.md). The few mutable ones (accounting's counters, the
 state) are plain classes with __slots__ on `Mutable`.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: with it every field annotation of a NamedTuple is a string, which
+typing.NamedTuple compiles (a ForwardRef) at import, about a hundred compile() calls in every run; evaluated, they
+are checked at once (docs/performance.md). Every annotation here must therefore run on the oldest Python supported.
+"""
 
 import re
 from collections.abc import Mapping
