@@ -25,7 +25,6 @@ from collector.model import (
     ProcessRecord,
     safe_name,
 )
-from collector.redact import args_label
 from collector.settings import DEFAULTS
 
 MIB = 1024 * 1024
@@ -473,6 +472,9 @@ def _report_families(report: Report, cache: Optional[SeriesCache] = None) -> lis
         f.series_dropped.add((), float(len(over)))
     else:
         f.series_dropped.add((), 0.0)
+    if f.command is not None:
+        # only here: its rules (five regular expressions) are compiled at import, and command lines are opt-in
+        from collector.redact import args_label  # noqa: PLC0415
     for record in records:
         f.add_process(record, cache)
         if f.command is not None:

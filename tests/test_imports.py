@@ -23,5 +23,6 @@ def test_a_run_imports_neither_its_test_references_nor_grpc_without_a_socket(hos
     modules = imported(result.stderr)
     assert "collector.cli" in modules  # the lines were read
     assert "collector.check" not in modules  # --check's, imported only for it
+    assert "collector.redact" not in modules  # for command lines, which are opt-in
     top = {name.split(".")[0] for name in modules}
     assert not top & {"psutil", "prometheus_client", "grpc", "google", "dataclasses", "yaml"}, sorted(top)
