@@ -250,6 +250,10 @@ def test_temporary_files_of_a_killed_run_are_removed_and_nothing_else(host: Host
     kept = [host.textfile_dir / ".gpu_processes.prom.ffffffffffff.tmp",  # fresh: a run may be writing it
             host.textfile_dir / ".other_exporter.prom.0123456789ab.tmp",  # another tool's
             host.textfile_dir / ".gpu_processes.prom.not-ours.tmp",  # not our pattern
+            host.textfile_dir / ".gpu_processes.prom.0123456789abc.tmp",  # 13 hex digits, not 12
+            host.textfile_dir / ".gpu_processes.prom.0123456789AB.tmp",  # os.urandom().hex() is lower case
+            host.textfile_dir / ".gpu_processes.prom.0123456789ab.txt",  # not ending in .tmp
+            host.textfile_dir / ".gpu_processes.prim.0123456789ab.tmp",  # another file's, of the same length
             host.textfile_dir / "gpu_processes.prom.0123456789ab.tmp"]  # not our pattern (no dot)
     for path in [*stale, *kept]:
         path.write_text("half a file")
