@@ -259,7 +259,7 @@ def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
 
 MAX_LABEL_CHARS = 1024  # the longest name kept: a label value, and an owner's key in the state (docs/exposition.md)
 NAME_SUFFIX_HEX = 16  # the suffix of an altered name: 64 bits of SHA-256, past any search for a second name
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = "[\ud800-\udfff]"
 
 
 def safe_name(value: str) -> str:
@@ -277,10 +277,10 @@ def safe_name(value: str) -> str:
     import hashlib  # noqa: PLC0415 - only for a name to alter: its OpenSSL library costs every run 3 MiB and ms
 
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_SUFFIX_HEX]
-    clean = _SURROGATE.sub("\ufffd", value) if has_surrogates(value) else value
+    clean = re.sub(_SURROGATE, "\ufffd", value) if has_surrogates(value) else value
     return f"{clean[:MAX_LABEL_CHARS - 1 - NAME_SUFFIX_HEX]}~{digest}"
 
 
 def has_surrogates(value: str) -> bool:
     """Whether the text holds lone surrogates, which UTF-8 cannot encode."""
-    return not value.isascii() and _SURROGATE.search(value) is not None
+    return not value.isascii() and re.search(_SURROGATE, value) is not None
