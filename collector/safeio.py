@@ -190,17 +190,18 @@ _STRING = rb'"[^"]*"'
 
 
 def _depth_within(raw: bytes, limit: int) -> bool:
-    """Whether no array or object of raw nests deeper than limit, at C speed: a document with no more brackets than
-    the limit cannot nest deeper; else escaped backslashes and quotes go, then everything but brackets and quotes,
-    then the strings (brackets in strings are text), and each pass of replace() removes one level of bracket pairs
-    (as many passes as the document is deep). Unbalanced brackets are not JSON and count as too deep."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return True
-    # (`""` goes before the regex: a string without brackets, or two strings side by side, is no structure; the
-    # escapes' two passes over the whole text only where there is a backslash at all, one memchr)
-    if b"\\" in raw:
+    """Whether no array or object of raw nests deeper than limit, at C speed: escaped backslashes and quotes go,
+    then everything but brackets and quotes (one pass over the text); a document with no more brackets than the
+    limit cannot nest deeper; else the strings go (brackets in strings are text), and each pass of replace()
+    removes one level of bracket pairs (as many passes as the document is deep). Unbalanced brackets are not JSON
+    and count as too deep."""
+    if b"\\" in raw:  # the escapes' two passes over the whole text only where there is a backslash at all
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    reduced = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    reduced = raw.translate(None, _NOT_STRUCTURE)
+    if reduced.count(b"[") + reduced.count(b"{") <= limit:
+        return True
+    # (`""` goes before the regex: a string without brackets, or two strings side by side, is no structure)
+    reduced = reduced.replace(b'""', b"")
     if b'"' in reduced:
         reduced = re.sub(_STRING, b"", reduced)
     brackets = reduced.replace(b"{", b"[").replace(b"}", b"]")
