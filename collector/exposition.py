@@ -155,9 +155,13 @@ def _series_lines(family: Family) -> list[str]:
 
 
 def render(families: Iterable[Family]) -> bytes:
-    out: list[str] = []
+    """The text of the families, encoded. Each family's lines are joined and encoded as soon as they are made, so
+    only one family's line objects are alive at a time and the text is never held both as str and as bytes: at
+    1,000 processes two megabytes fewer, pages the run would touch for the first time, each a page fault
+    (docs/performance.md)."""
+    out: list[bytes] = []
     for family in families:
         name = family.name
-        out.append(f"# HELP {name} {escape_help(family.help)}\n# TYPE {name} {family.type}\n")
-        out += _sample_lines(family)
-    return "".join(out).encode("utf-8")
+        out.append(f"# HELP {name} {escape_help(family.help)}\n# TYPE {name} {family.type}\n".encode())
+        out.append("".join(_sample_lines(family)).encode("utf-8"))
+    return b"".join(out)
