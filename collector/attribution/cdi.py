@@ -13,7 +13,8 @@ Nothing here guesses: a device that cannot be read for certain raises `CdiUnreso
 model.CDI_UNRESOLVED_REASONS, and the caller treats its claim as unknown.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import logging
 import os

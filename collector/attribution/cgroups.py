@@ -20,7 +20,8 @@ The layouts, where each comes from and the real hosts' paths the walk was checke
 docs/runtimes-and-cgroups.md.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import functools
 import re

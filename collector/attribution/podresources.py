@@ -6,7 +6,8 @@ cgroup and runtime attribution, and a self metric says the API was unavailable. 
 socket is there to call: it is the heaviest import of the collector.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import logging
 import os

@@ -15,7 +15,8 @@ See docs/runtimes-and-cgroups.md.
 A missing, unreadable or corrupt file is a counted miss for that process, never a failed run.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import logging
 import os
