@@ -272,7 +272,10 @@ _USAGE_FIELDS = OwnerUsage.FIELDS  # a row's columns after the owner key
 
 def to_json(ledger: Ledger) -> dict[str, Any]:
     return {
-        "owners": [[*key, *(getattr(usage, f) for f in _USAGE_FIELDS)] for key, usage in ledger.owners.items()],
+        # the row's columns are _USAGE_FIELDS, in that order (written out: a generator of getattr() a row was 60 %
+        # of this function's time)
+        "owners": [[*key, u.gpu_seconds, u.sm_seconds, u.memory_byte_seconds, u.energy_joules, u.last_seen]
+                   for key, u in ledger.owners.items()],
         "processes": ledger.processes,
         "energy_mj": ledger.energy_mj,
         "gap_seconds": ledger.gap_seconds,
