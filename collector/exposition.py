@@ -39,7 +39,10 @@ class Family:
     def add(self, values: Sequence[str], value: float, digits: Optional[int] = None) -> None:
         """A sample: one value per label name, in the family's label order; the value rounded to digits decimal
         places (round) where given."""
-        self.samples.append((values, value if digits is None else round(value, digits)))
+        # a whole float is its own rounding: round() (correctly rounded, through dtoa) is skipped for the many whole
+        # values (zeros, byte-seconds), with the same result
+        self.samples.append((values, value if digits is None or (value.__class__ is float and value.is_integer())
+                             else round(value, digits)))
 
     def series(self, values: Sequence[str]) -> Series:
         """The series of these label values, rendered once for a caller that adds it again and again (the

@@ -260,7 +260,7 @@ class _ReportFamilies:
             return
         for key, usage in sorted(report.ledger.owners.items()):  # safe names already (accounting.owner_key)
             for name, family in self.usage.items():
-                family.add(key, round(getattr(usage, name), 6))
+                family.add(key, getattr(usage, name), 6)
         self.gap.add((), round(report.ledger.gap_seconds, 6))
         self.owners_folded.add((), float(report.ledger.folded))
 
