@@ -3,9 +3,11 @@
 Records are typing.NamedTuple, not dataclasses: importing dataclasses and generating a class with it cost a timer
 run far more than a NamedTuple does (docs/performance.md). The few mutable ones (accounting's counters, the
 state) are plain classes with __slots__ on `Mutable`.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: with it every field annotation of a NamedTuple is a string, which
+typing.NamedTuple compiles (a ForwardRef) at import, about a hundred compile() calls in every run; evaluated, they
+are checked at once (docs/performance.md). Every annotation here must therefore run on the oldest Python supported.
+"""
 
 import re
 from collections.abc import Mapping
@@ -257,7 +259,7 @@ def process_key(gpu_uuid: str, pid: int, start_time: float) -> str:
 
 MAX_LABEL_CHARS = 1024  # the longest name kept: a label value, and an owner's key in the state (docs/exposition.md)
 NAME_SUFFIX_HEX = 16  # the suffix of an altered name: 64 bits of SHA-256, past any search for a second name
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = "[\ud800-\udfff]"
 
 
 def safe_name(value: str) -> str:
@@ -270,15 +272,15 @@ def safe_name(value: str) -> str:
     hex digits of the SHA-256 of the whole original: names that differ only past the limit, or only in their
     surrogates, stay two. What it returns fits and holds no surrogate, so it is its own safe name: a stage may
     apply it to a name an earlier stage made safe already, and nothing changes."""
-    if len(value) <= MAX_LABEL_CHARS and not has_surrogates(value):
+    if len(value) <= MAX_LABEL_CHARS and (value.isascii() or not has_surrogates(value)):  # ASCII: no surrogate
         return value
     import hashlib  # noqa: PLC0415 - only for a name to alter: its OpenSSL library costs every run 3 MiB and ms
 
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_SUFFIX_HEX]
-    clean = _SURROGATE.sub("\ufffd", value) if has_surrogates(value) else value
+    clean = re.sub(_SURROGATE, "\ufffd", value) if has_surrogates(value) else value
     return f"{clean[:MAX_LABEL_CHARS - 1 - NAME_SUFFIX_HEX]}~{digest}"
 
 
 def has_surrogates(value: str) -> bool:
     """Whether the text holds lone surrogates, which UTF-8 cannot encode."""
-    return not value.isascii() and _SURROGATE.search(value) is not None
+    return not value.isascii() and re.search(_SURROGATE, value) is not None

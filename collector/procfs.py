@@ -19,6 +19,7 @@ identities (PID + start time, in the state file) carry over; tests/test_procfs.p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,14 +37,24 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 _CHUNK = 8192
 
 _proc = "/proc"
+_proc_fd: Optional[int] = None  # an O_PATH descriptor of _proc, the files of a collection opened relative to it
 _boot_time: Optional[float] = None
 
 
 def use_host_root(host_root: str) -> None:
-    """Reads <host_root>/proc from now on (node_exporter's --path.rootfs model); the boot time is read again."""
-    global _proc, _boot_time  # noqa: PLW0603 - one host per process, set once per collection
+    """Reads <host_root>/proc from now on (node_exporter's --path.rootfs model); the boot time is read again.
+    Called once per collection: the directory is looked up afresh each time (a long-running process keeps no
+    descriptor of a /proc that was mounted again), and each process's files are then opened relative to it, which
+    spares every open the walk down to it (docs/performance.md). Where it cannot be opened, files are opened by
+    their whole path, which then fail as they did."""
+    global _proc, _proc_fd, _boot_time  # noqa: PLW0603 - one host per process, set once per collection
     _proc = os.path.join(host_root, "proc")
     _boot_time = None
+    if _proc_fd is not None:
+        os.close(_proc_fd)
+        _proc_fd = None
+    with contextlib.suppress(OSError):
+        _proc_fd = os.open(_proc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def printable(text: str) -> str:
@@ -56,13 +67,17 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:MAX_NAME_CHARS]
 
 
-def _read(path: str) -> bytes:
-    """The whole file. A read that returns less than it asked for has reached the end: stat, cgroup and /proc/stat
-    are single-record seq_files (single_open), whose read copies the record whole unless the buffer is full
-    (Linux fs/seq_file.c, seq_read_iter), cmdline's read fills the buffer until the arguments end (fs/proc/base.c,
-    get_mm_cmdline), and a regular file reads short only at its end. So a file takes one read, not two (psutil,
-    like io, reads again until an empty read: one more system call per file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read(name: str) -> bytes:
+    """The whole file, by its name under /proc ("<pid>/stat"). A read that returns less than it asked for has
+    reached the end: stat, cgroup and /proc/stat are single-record seq_files (single_open), whose read copies the
+    record whole unless the buffer is full (Linux fs/seq_file.c, seq_read_iter), cmdline's read fills the buffer
+    until the arguments end (fs/proc/base.c, get_mm_cmdline), and a regular file reads short only at its end. So a
+    file takes one read, not two (psutil, like io, reads again until an empty read: one more system call per
+    file)."""
+    if _proc_fd is None:
+        fd = os.open(f"{_proc}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=_proc_fd)
     try:
         data = os.read(fd, _CHUNK)
         if len(data) < _CHUNK:
@@ -88,7 +103,7 @@ def read_cgroup(pid: int) -> str:
     """The process's cgroup file. Raises ProcessUnavailable: a process whose cgroup cannot be read (it exited after
     its stat was read) is gone, never a process of the host (its owner would be made up)."""
     try:
-        return _text(_read(f"{_proc}/{pid}/cgroup"), "utf-8", "replace")
+        return _text(_read(f"{pid}/cgroup"), "utf-8", "replace")
     except OSError as err:
         reason = "access_denied" if isinstance(err, PermissionError) else "pid_not_found"
         raise ProcessUnavailable(pid, reason) from None
@@ -99,7 +114,7 @@ def boot_time() -> float:
     global _boot_time  # noqa: PLW0603
     if _boot_time is None:
         path = f"{_proc}/stat"
-        for line in _read(path).splitlines():
+        for line in _read("stat").splitlines():
             if line.startswith(b"btime"):
                 _boot_time = float(line.strip().split()[1])
                 break
@@ -123,7 +138,7 @@ class _Zombie(Exception):
 
 def _is_zombie(pid: int) -> bool:
     try:
-        data = _read(f"{_proc}/{pid}/stat")
+        data = _read(f"{pid}/stat")
     except OSError:
         return False
     rpar = data.rfind(b")")
@@ -145,9 +160,8 @@ def _gone(pid: int, err: OSError) -> ProcessUnavailable:
 
 def _cmdline(pid: int) -> list[str]:
     """The command line; raises ProcessUnavailable (access_denied, pid_not_found) or _Zombie."""
-    path = f"{_proc}/{pid}/cmdline"
     try:
-        data = _text(_read(path), _FS_ENCODING, _FS_ERRORS)
+        data = _text(_read(f"{pid}/cmdline"), _FS_ENCODING, _FS_ERRORS)
     except OSError as err:
         raise _gone(pid, err) from None
     if not data:
@@ -199,7 +213,7 @@ def describe(pid: int, with_cmdline: bool = False) -> HostProcess:
     if pid <= 0:
         raise ProcessUnavailable(pid, "pid_not_found")
     try:
-        stat = _read(f"{_proc}/{pid}/stat")
+        stat = _read(f"{pid}/stat")
     except OSError as err:
         try:
             unavailable = _gone(pid, err)
@@ -218,10 +232,5 @@ def describe(pid: int, with_cmdline: bool = False) -> HostProcess:
         cmdline = _printable_args(pid, args) if with_cmdline else ()
     except _Zombie:
         raise ProcessUnavailable(pid, "pid_not_found") from None
-    return HostProcess(
-        pid=pid,
-        name=printable(name),
-        start_time=start,
-        cgroup=read_cgroup(pid),
-        cmdline=cmdline,
-    )
+    # positional (pid, name, start_time, cgroup, cmdline): a NamedTuple from keywords costs about twice as much
+    return HostProcess(pid, printable(name), start, read_cgroup(pid), cmdline)

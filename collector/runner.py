@@ -30,7 +30,7 @@ from collector.textfile import WriteError, atomic_write, remove_stale_temporarie
 log = logging.getLogger("gpu-proc-collector")
 
 EXIT_OK, EXIT_COLLECTION_FAILED, EXIT_WRITE_FAILED, EXIT_DEADLINE, EXIT_LOCKED = 0, 1, 3, 4, 75
-GC_THRESHOLD = 10_000  # the long-running mode's first-generation threshold of the cyclic collector (Python's: 700)
+GC_THRESHOLD = 10_000  # the first-generation threshold of the cyclic collector in a collection (Python's: 700)
 
 
 class RunLock:
@@ -145,6 +145,7 @@ def remove_leftovers(settings: Settings) -> None:
 
 
 def run_once(settings: Settings) -> int:
+    tune_gc()
     lock = RunLock(settings.state_dir)
     if not lock.acquire():
         log.error("another gpu-proc-collector run holds %s; this one exits without collecting", lock.path)
@@ -158,11 +159,12 @@ def run_once(settings: Settings) -> int:
 
 
 def tune_gc() -> None:
-    """The cyclic garbage collector of the long-running mode. A collection builds thousands of records, label
-    lists and samples that live until its file is written and then go by reference counting, not in cycles; at
-    Python's threshold (700 new objects) the collector runs about 15 times per collection at 1,000 processes and
-    walks them over and over: 1.5 to 3.5 ms of a cycle (docs/performance.md). At GC_THRESHOLD it runs about once
-    in 30 cycles there, and what it is for, the few reference cycles a collection leaves (the watchdog and its
+    """The cyclic garbage collector of a run, the timer's and the long-running mode's. A collection builds
+    thousands of records, label lists and samples that live until its file is written and then go by reference
+    counting, not in cycles; at Python's threshold (700 new objects) the collector runs about 15 times per
+    collection at 1,000 processes (about 30 in a timer run, which reads the state too) and walks them over and
+    over: 1.5 to 3.5 ms of a cycle (docs/performance.md). At GC_THRESHOLD it runs about once in 30 cycles there,
+    twice in a timer run, and what it is for, the few reference cycles a collection leaves (the watchdog and its
     timer thread), is still collected."""
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 

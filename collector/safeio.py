@@ -186,20 +186,24 @@ def _size(n: int) -> str:
 # ---- JSON ----
 
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
-_STRING = re.compile(rb'"[^"]*"')
+_STRING = rb'"[^"]*"'
 
 
 def _depth_within(raw: bytes, limit: int) -> bool:
-    """Whether no array or object of raw nests deeper than limit, at C speed: a document with no more brackets than
-    the limit cannot nest deeper; else escaped backslashes and quotes go, then everything but brackets and quotes,
-    then the strings (brackets in strings are text), and each pass of replace() removes one level of bracket pairs
-    (as many passes as the document is deep). Unbalanced brackets are not JSON and count as too deep."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    """Whether no array or object of raw nests deeper than limit, at C speed: escaped backslashes and quotes go,
+    then everything but brackets and quotes (one pass over the text); a document with no more brackets than the
+    limit cannot nest deeper; else the strings go (brackets in strings are text), and each pass of replace()
+    removes one level of bracket pairs (as many passes as the document is deep). Unbalanced brackets are not JSON
+    and count as too deep."""
+    if b"\\" in raw:  # the escapes' two passes over the whole text only where there is a backslash at all
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    reduced = raw.translate(None, _NOT_STRUCTURE)
+    if reduced.count(b"[") + reduced.count(b"{") <= limit:
         return True
     # (`""` goes before the regex: a string without brackets, or two strings side by side, is no structure)
-    reduced = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    reduced = reduced.replace(b'""', b"")
     if b'"' in reduced:
-        reduced = _STRING.sub(b"", reduced)
+        reduced = re.sub(_STRING, b"", reduced)
     brackets = reduced.replace(b"{", b"[").replace(b"}", b"]")
     for _ in range(limit):
         if not brackets:
@@ -249,7 +253,7 @@ def read_json(path: str, limit: int, *, root: Optional[str] = None, follow_last:
     return parse_json(read(path, limit, root=root, follow_last=follow_last), path, finite=finite)
 
 
-_SPACE = re.compile(r"[ \t\n\r]*")
+_SPACE = r"[ \t\n\r]*"
 
 
 def iter_json_array(raw: bytes, what: str = "") -> Iterator[Any]:
@@ -262,18 +266,19 @@ def iter_json_array(raw: bytes, what: str = "") -> Iterator[Any]:
     try:
         text = raw.decode("utf-8")
         decoder = _DECODER
-        index = _SPACE.match(text, 0).end()  # type: ignore[union-attr]  # it matches anything
+        space = re.compile(_SPACE)  # compiled the first time a run needs it, then from re's own cache
+        index = space.match(text, 0).end()  # type: ignore[union-attr]  # it matches anything
         if text[index:index + 1] != "[":
             raise ValueError("not a JSON array")
-        index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+        index = space.match(text, index + 1).end()  # type: ignore[union-attr]
         if text[index:index + 1] == "]":
             return
         while True:
             element, index = decoder.raw_decode(text, index)
             yield element
-            index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
+            index = space.match(text, index).end()  # type: ignore[union-attr]
             separator = text[index:index + 1]
-            index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+            index = space.match(text, index + 1).end()  # type: ignore[union-attr]
             if separator == "]":
                 break
             if separator != ",":

@@ -5,7 +5,8 @@ The config file is a JSON object whose keys are the field names below; `CONFIG_T
 accepts, and an unknown key or a wrong type is a usage error, so a typo never passes silently.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import os
 import re

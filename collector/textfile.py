@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 
 log = logging.getLogger(__name__)
@@ -61,11 +60,11 @@ def remove_stale_temporaries(path: str, older_than: float) -> None:
     another tool's files are never touched. Nothing is raised: a directory that cannot be listed is the write's
     problem, reported there."""
     directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + f"[0-9a-f]{{{TEMPORARY_HEX}}}" + r"\.tmp")
+    prefix = f".{os.path.basename(path)}."
     cutoff = time.time() - older_than
     try:
         with os.scandir(directory) as entries:
-            stale = [e for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+            stale = [e for e in entries if _is_temporary(e.name, prefix) and e.is_file(follow_symlinks=False)
                      and e.stat(follow_symlinks=False).st_mtime < cutoff]
     except OSError:
         return
@@ -76,6 +75,17 @@ def remove_stale_temporaries(path: str, older_than: float) -> None:
             log.warning("cannot remove %s, left by an interrupted run: %s", entry.path, err.strerror or err)
         else:
             log.info("removed %s, left by an interrupted run", entry.path)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_temporary(name: str, prefix: str) -> bool:
+    """Whether name is `<prefix><TEMPORARY_HEX lower-case hex digits>.tmp` (without a regular expression: compiling
+    one costs a run more than the directory's few names)."""
+    digits = name[len(prefix):-len(".tmp")]
+    return (len(name) == len(prefix) + TEMPORARY_HEX + len(".tmp") and name.startswith(prefix)
+            and name.endswith(".tmp") and _HEX.issuperset(digits))
 
 
 def _create_temporary(directory: str, prefix: str) -> tuple[int, str]:

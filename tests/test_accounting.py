@@ -216,3 +216,15 @@ def test_counters_never_go_backwards_and_energy_always_adds_up(runs: list[tuple[
 
 def _activity(sm: float) -> DeviceActivity:
     return DeviceActivity(seconds=1.0, sm_util=sm, sm_occupancy=None, tensor_active=None, dram_bw_util=None)
+
+
+def test_the_ledger_reads_back_as_written_each_counter_in_its_column() -> None:
+    """to_json writes an owner's counters in OwnerUsage.FIELDS' order, which from_json reads them in: each counter
+    comes back as itself (distinct values, so two columns swapped show)."""
+    usage = accounting.OwnerUsage(gpu_seconds=1.5, sm_seconds=2.5, memory_byte_seconds=3.5, energy_joules=4.5,
+                                  last_seen=5.5)
+    ledger = accounting.Ledger(owners={("pod", "ml/a", "ml", "a"): usage}, processes={"GPU-a/1/2.00": 6.5},
+                               energy_mj={"GPU-a": 7}, gap_seconds=8.5)
+    again = accounting.from_json(accounting.to_json(ledger))
+    assert again.owners == {("pod", "ml/a", "ml", "a"): usage}
+    assert (again.processes, again.energy_mj, again.gap_seconds) == ({"GPU-a/1/2.00": 6.5}, {"GPU-a": 7}, 8.5)

@@ -7,13 +7,20 @@ kubelet does not know, and a process whose cgroup vanished. None of them may be 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import types
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Host, Result
+from collector import collection
+from collector.model import Device, GpuProcess, NvmlSnapshot
+from collector.settings import Settings
+from collector.state import State
+from tests.conftest import Host, Result, samples
 from tests.support.podsim import Container, Pod, PodHost, cgroup_text, pod_resources_server
-from tests.support.simhost import GIB, Gpu, gpu_uuid, proc, scenario
+from tests.support.simhost import GIB, H100, H100_MEMORY, Gpu, HostTree, gpu_uuid, proc, scenario
 
 
 def owner_of(result: Result, pid: int) -> dict[str, str]:
@@ -330,3 +337,53 @@ def test_a_rootless_cgroup_naming_a_rootful_docker_container_does_not_get_its_na
     result = host.run(scenario([Gpu(0, compute=[proc(610), proc(611)])]))
     assert (owner_of(result, 610)["owner_kind"], owner_of(result, 610)["owner"]) == ("docker", rootful[:12])
     assert (owner_of(result, 611)["owner_kind"], owner_of(result, 611)["owner"]) == ("docker", "notebook")
+
+
+def test_processes_sharing_a_cgroup_are_each_counted_and_judged_on_their_own_device(host: Host) -> None:
+    """A cgroup's owner is resolved once per run (collector.attribution.join.Attributor._resolve) and shared by
+    every process in it; what depends on the process stays per process: pod B, which kubelet does not list, has
+    two processes (the first ones attribution sees, before any of pod A), each counted as a conflict; pod A's
+    two processes run on its own GPU and on B's, and only the second is flagged unallocated."""
+    k8s, a, b = two_pods(host)
+    k8s.add_process(570, b)
+    k8s.add_process(571, b)
+    k8s.add_process(572, a)
+    k8s.add_process(573, a)
+    with pod_resources_server(host.socket, [a]):
+        result = host.run(scenario([Gpu(0, compute=[proc(570), proc(571), proc(572)]), Gpu(1, compute=[proc(573)])]))
+    assert owner_of(result, 570)["owner_kind"] == "unverified"
+    assert owner_of(result, 571)["owner_kind"] == "unverified"
+    assert conflicts(result) == {"unknown_to_kubelet": 2}
+    assert owner_of(result, 572)["owner"] == owner_of(result, 573)["owner"] == "ml/tenant-a"
+    assert result.value("gpu_process_unallocated", pid="572") == 0
+    assert result.value("gpu_process_unallocated", pid="573") == 1
+
+
+def test_a_cgroups_owner_is_not_kept_from_one_collection_to_the_next(tmp_path: Path) -> None:
+    """The long-running mode collects in one process: a pod kubelet stopped listing since the last collection
+    is unverified in this one, though its process's cgroup text is the same (nothing resolved for a cgroup
+    outlives the collection that resolved it)."""
+    tree = HostTree(Path(tempfile.mkdtemp(prefix="gpc-", dir="/tmp")))  # short: the socket's path must fit
+    try:
+        k8s = PodHost(tree)
+        pod = k8s.add_pod("ml", "train")
+        k8s.add_process(580, pod)
+        socket = tree.root / "var/lib/kubelet/pod-resources/kubelet.sock"
+        settings = Settings(textfile_dir=str(tmp_path), host_root=str(tree.root), state_dir=str(tmp_path / "state"),
+                            pod_resources_socket=str(socket))
+        device = Device(label="0", index=0, uuid=gpu_uuid(0), name=H100, memory_total=H100_MEMORY, memory_used=GIB)
+        snapshot = NvmlSnapshot(driver_version="580.95.05", devices=(device,), failed_gpus=(),
+                                processes=(GpuProcess(pid=580, device=device, used_memory=GIB, sm_utilization=None,
+                                                      active=None),))
+        session = types.SimpleNamespace(read=lambda *_: snapshot)
+        listed = [pod]
+        kinds = []
+        with pod_resources_server(socket, listed):
+            for _ in range(2):
+                outcome = collection.collect(settings, State(), session=session)  # type: ignore[arg-type]
+                (labels, _), = samples(outcome.text.decode())["gpu_process_memory_bytes"]
+                kinds.append(labels["owner_kind"])
+                listed.clear()
+    finally:
+        shutil.rmtree(tree.root, ignore_errors=True)
+    assert kinds == ["pod", "unverified"]

@@ -177,6 +177,30 @@ def test_owner_names_an_older_state_stored_whole_are_loaded_as_safe_names() -> N
     assert ("podman", cut, "", "") in accounting.from_json(accounting.to_json(ledger)).owners
 
 
+
+def test_a_hand_edited_ledger_keeps_only_its_well_formed_rows() -> None:
+    """Each owner row of the state is four names and five finite, non-negative numbers, each process's SM seconds
+    one such number: a row or value of another shape (JSON's true, NaN, Infinity, a negative or quoted number, a
+    name that is no string, a row too short or too long) is left out, and its counters restart from 0, never
+    from a wrong value."""
+    good = [1.0, 2, 3.0, 4.0, 5.0]
+    rows = [["pod", "ml/a", "ml", "a", *good],
+            ["pod", "ml/b", "ml", "b", True, 2.0, 3.0, 4.0, 5.0],
+            ["pod", "ml/c", "ml", "c", 1.0, math.nan, 3.0, 4.0, 5.0],
+            ["pod", "ml/d", "ml", "d", 1.0, 2.0, math.inf, 4.0, 5.0],
+            ["pod", "ml/e", "ml", "e", 1.0, 2.0, 3.0, -4.0, 5.0],
+            ["pod", "ml/f", "ml", "f", 1.0, 2.0, 3.0, 4.0, "5"],
+            ["pod", 7, "ml", "g", *good],
+            ["pod", "ml/h", "ml", None, *good],
+            ["pod", "ml/i", "ml", "i", *good, 6.0],
+            ["pod", "ml/j", "ml", "j", *good[:4]],
+            {"kind": "pod"}]
+    processes = {"a": 1.5, "b": True, "c": math.nan, "d": -1.0, "e": "2", "f": math.inf, "g": 0}
+    ledger = accounting.from_json({"owners": rows, "processes": processes})
+    assert list(ledger.owners) == [("pod", "ml/a", "ml", "a")]
+    assert ledger.owners[("pod", "ml/a", "ml", "a")].sm_seconds == 2.0
+    assert ledger.processes == {"a": 1.5, "g": 0.0}
+
 # ---- SIGTERM while NVML hangs between collections ----
 
 def test_sigterm_wins_over_an_nvml_call_hung_between_collections(host: Host) -> None:
@@ -226,6 +250,10 @@ def test_temporary_files_of_a_killed_run_are_removed_and_nothing_else(host: Host
     kept = [host.textfile_dir / ".gpu_processes.prom.ffffffffffff.tmp",  # fresh: a run may be writing it
             host.textfile_dir / ".other_exporter.prom.0123456789ab.tmp",  # another tool's
             host.textfile_dir / ".gpu_processes.prom.not-ours.tmp",  # not our pattern
+            host.textfile_dir / ".gpu_processes.prom.0123456789abc.tmp",  # 13 hex digits, not 12
+            host.textfile_dir / ".gpu_processes.prom.0123456789AB.tmp",  # os.urandom().hex() is lower case
+            host.textfile_dir / ".gpu_processes.prom.0123456789ab.txt",  # not ending in .tmp
+            host.textfile_dir / ".gpu_processes.prim.0123456789ab.tmp",  # another file's, of the same length
             host.textfile_dir / "gpu_processes.prom.0123456789ab.tmp"]  # not our pattern (no dot)
     for path in [*stale, *kept]:
         path.write_text("half a file")

@@ -35,6 +35,7 @@ def test_a_run_imports_neither_checks_dependencies_nor_test_references_nor_grpc_
     assert "collector.cli" in modules  # the lines were read
     assert not modules & CHECK_ONLY
     assert "collector.nvml.session" in modules
+    assert "collector.redact" not in modules  # for command lines, which are opt-in
     top = {name.split(".")[0] for name in modules}
     assert not top & NOT_IMPORTED, sorted(top & NOT_IMPORTED)
 

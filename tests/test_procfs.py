@@ -165,3 +165,21 @@ def test_the_start_time_is_boot_time_plus_ticks_and_names_come_from_stat() -> No
         described = procfs.describe(PID)
     assert described.name == "my (odd) name"
     assert described.start_time == 1764460000 + 250 / os.sysconf("SC_CLK_TCK")
+
+
+def test_each_collection_looks_proc_up_afresh() -> None:
+    """The files are opened relative to a descriptor of <host root>/proc (collector.procfs.use_host_root), which a
+    collection opens anew: a /proc mounted again, or another host root, is what the next collection reads, never
+    the directory an earlier one opened."""
+    with host() as tree:
+        write_process(tree, b"first", b"first\x00")
+        assert procfs.describe(PID).name == "first"
+        proc = tree.root / "proc"
+        proc.rename(tree.root / "proc.old")  # as an unmount and a fresh mount do
+        HostTree(tree.root)
+        write_process(tree, b"second", b"second\x00")
+        procfs.use_host_root(str(tree.root))
+        assert procfs.describe(PID).name == "second"
+    with host() as other:
+        write_process(other, b"third", b"third\x00")
+        assert procfs.describe(PID).name == "third"

@@ -25,3 +25,14 @@ def test_state_round_trip(tmp_path: Path) -> None:
     state.save(str(tmp_path / "new"), saved)
     assert state.load(str(tmp_path / "new")) == saved
     assert json.loads((tmp_path / "new" / "state.json").read_text())["version"] == state.STATE_VERSION
+
+
+def test_only_well_formed_container_rows_are_kept(tmp_path: Path) -> None:
+    """A container's remembered pod is six strings (ContainerMeta); a row of another shape (a state an older
+    collector wrote, one field short; a hand edit with a number, null or a list in it) is left out, and that
+    container's runtime file is read again."""
+    good = ["train", "ml", "uid-1", "main", "containerd", "kubepods.slice:cri-containerd:a"]
+    rows = {"a": good, "b": good[:5], "c": [*good[:5], 7], "d": [None, *good[1:]],
+            "e": [*good[:3], ["main"], *good[4:]], "f": [*good, "x"], "g": "train!"}  # six characters, no row
+    (tmp_path / "state.json").write_text(json.dumps({"version": state.STATE_VERSION, "containers": rows}))
+    assert state.load(str(tmp_path)).containers == {"a": state.ContainerMeta(*good)}

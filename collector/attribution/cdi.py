@@ -13,7 +13,8 @@ Nothing here guesses: a device that cannot be read for certain raises `CdiUnreso
 model.CDI_UNRESOLVED_REASONS, and the caller treats its claim as unknown.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import logging
 import os
@@ -34,14 +35,14 @@ CAPABILITIES = "proc/driver/nvidia/capabilities"
 MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
 
 _VENDOR_OR_CLASS = r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?"
-_KIND = re.compile(rf"({_VENDOR_OR_CLASS})/({_VENDOR_OR_CLASS})")
-_DEVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
+_KIND = rf"({_VENDOR_OR_CLASS})/({_VENDOR_OR_CLASS})"
+_DEVICE_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?"
 # Numbers of at most 9 digits (a minor has 20 bits): a longer one is no device, and never reaches int()
-_GPU_NODE = re.compile(r"(?:^|/)dev/nvidia([0-9]{1,9})")
-_CAP_NODE = re.compile(r"(?:^|/)dev/nvidia-caps/nvidia-cap([0-9]{1,9})")
-_CAP_FILE = re.compile(r"gpu([0-9]{1,9})/gi([0-9]{1,9})(?:/ci([0-9]{1,9}))?/access")
-_MINOR_LINE = re.compile(r"DeviceFileMinor:[ \t]*([0-9]{1,9})[ \t]*$", re.MULTILINE)
-_NUMBER = re.compile(r"[0-9]{1,9}")
+_GPU_NODE = r"(?:^|/)dev/nvidia([0-9]{1,9})"
+_CAP_NODE = r"(?:^|/)dev/nvidia-caps/nvidia-cap([0-9]{1,9})"
+_CAP_FILE = r"gpu([0-9]{1,9})/gi([0-9]{1,9})(?:/ci([0-9]{1,9}))?/access"
+_MINOR_LINE = r"(?m)DeviceFileMinor:[ \t]*([0-9]{1,9})[ \t]*$"
+_NUMBER = r"[0-9]{1,9}"
 
 _logged: set[tuple[str, str]] = set()  # (name or path, reason) already logged by this process
 
@@ -64,7 +65,7 @@ def log_once(key: str, reason: str, message: str) -> None:
 def parse_qualified(name: str) -> Optional[tuple[str, str]]:
     """(kind, device name) of `vendor/class=name` (CDI's parser.ParseQualifiedName rules), None otherwise."""
     kind, sep, device = name.partition("=")
-    if not sep or not _KIND.fullmatch(kind) or not _DEVICE_NAME.fullmatch(device):
+    if not sep or not re.fullmatch(_KIND, kind) or not re.fullmatch(_DEVICE_NAME, device):
         return None
     return kind, device
 
@@ -85,8 +86,8 @@ class NodeRefs(NamedTuple):
 def node_refs(paths: Iterable[str]) -> NodeRefs:
     gpus, caps = set(), set()
     for path in paths:
-        gpu = _GPU_NODE.search(path)
-        cap = _CAP_NODE.search(path)
+        gpu = re.search(_GPU_NODE, path)
+        cap = re.search(_CAP_NODE, path)
         if cap and cap.end() == len(path):
             caps.add(int(cap[1]))
         elif gpu and gpu.end() == len(path):
@@ -162,7 +163,7 @@ def _devices(document: Any) -> Iterator[tuple[str, tuple[str, ...]]]:
     version, kind, devices = document.get("cdiVersion"), document.get("kind"), document.get("devices")
     if not isinstance(version, str) or not version:
         raise _Bad("malformed", "no cdiVersion")
-    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+    if not isinstance(kind, str) or not re.fullmatch(_KIND, kind):
         raise _Bad("malformed", f"kind {kind!r} is not vendor/class")
     if not isinstance(devices, list) or not devices:
         raise _Bad("malformed", "no devices")
@@ -170,7 +171,7 @@ def _devices(document: Any) -> Iterator[tuple[str, tuple[str, ...]]]:
     seen: set[str] = set()
     for device in devices:
         name = device.get("name") if isinstance(device, dict) else None
-        if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(_DEVICE_NAME, name):
             raise _Bad("malformed", f"a device named {name!r}")
         if name in seen:
             raise _Bad("malformed", f"device {name!r} defined twice")
@@ -263,9 +264,9 @@ def read_mig_caps(host_root: str) -> Mapping[int, Optional[MigCap]]:
         listing = b""
     for line in listing.decode("utf-8", "replace").splitlines():
         parts = line.split()
-        if len(parts) != 2 or not _NUMBER.fullmatch(parts[1]):
+        if len(parts) != 2 or not re.fullmatch(_NUMBER, parts[1]):
             continue
-        match = _CAP_FILE.fullmatch(parts[0])
+        match = re.fullmatch(_CAP_FILE, parts[0])
         if match:
             caps[int(parts[1])] = _cap(match)
         elif parts[0] in ("config", "monitor"):
@@ -284,7 +285,7 @@ def read_mig_caps(host_root: str) -> Mapping[int, Optional[MigCap]]:
             if "access" not in files:
                 continue
             relative = os.path.relpath(os.path.join(directory, "access"), root).replace("/mig/", "/", 1)
-            match = _CAP_FILE.fullmatch(relative)
+            match = re.fullmatch(_CAP_FILE, relative)
             minor = _minor_of(os.path.join(directory, "access"), host_root) if match else None
             if match and minor is not None:
                 caps[minor] = _cap(match)
@@ -297,7 +298,7 @@ def _minor_of(path: str, host_root: str) -> Optional[int]:
         text = safeio.read(path, MAX_ACCESS_FILE_BYTES, root=host_root).decode("utf-8", "replace")
     except (OSError, safeio.Refused):
         return None
-    found = _MINOR_LINE.search(text)
+    found = re.search(_MINOR_LINE, text)
     return int(found[1]) if found else None
 
 

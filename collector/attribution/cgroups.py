@@ -20,7 +20,8 @@ The layouts, where each comes from and the real hosts' paths the walk was checke
 docs/runtimes-and-cgroups.md.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import functools
 import re
@@ -106,8 +107,13 @@ HOST = CgroupOwner(kind=OwnerKind.HOST)
 def cgroup_paths(text: str) -> list[str]:
     """The paths of a cgroup file, the unified (v2) line first, then name=systemd, then the other v1 lines.
     A path seen through a cgroup namespace keeps its `/..` prefix (parse_path drops it)."""
+    lines = text.splitlines()
+    if len(lines) == 1:  # cgroup v2 alone, the usual file: what the loop below makes of a single line
+        parts = lines[0].split(":", 2)
+        path = parts[2].strip() if len(parts) == 3 else ""
+        return [path] if path.startswith("/") else []
     unified, systemd, others = [], [], []
-    for line in text.splitlines():
+    for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue

@@ -39,6 +39,9 @@ from collector.model import (
 log = logging.getLogger(__name__)
 
 
+_NOT_FOUND = "not_found"  # no runtime's file names the pod's container (Attributor._resolve)
+
+
 def resolve(ref: DeviceRef, devices: Sequence[Device]) -> set[str]:
     """The labels of this host's units a device id stands for (a whole GPU allocated on a MIG GPU: all of it)."""
     found = target(ref, devices)
@@ -74,6 +77,7 @@ class Attributor:
         self._api_called = False
         self._roots = parse_roots(settings.cgroup_roots)
         self.conflicts: Counter[str] = Counter()
+        self._resolved: dict[str, tuple[CgroupOwner, Owner, str]] = {}  # cgroup text -> Attributor._resolve's answer
 
     @property
     def index(self) -> Optional[AllocationIndex]:
@@ -95,32 +99,50 @@ class Attributor:
 
     def attribute(self, host: HostProcess, device: Device) -> tuple[Owner, Optional[bool]]:
         """The owner of the process, and whether it runs on a device kubelet did not give it (None: unknown)."""
-        cg = parse_cgroup(host.cgroup, self._roots)
+        index = self.index  # first: a pod unknown to kubelet is judged with its answer (_disagreement)
+        resolved = self._resolved.get(host.cgroup)
+        if resolved is None:
+            resolved = self._resolved[host.cgroup] = self._resolve(host.cgroup)
+        cg, owner, why = resolved
         if cg.conflict:
             self.conflicts[cg.conflict] += 1
             log.info("pid %d: a pod or container name in %s below its owner's cgroup %s is not taken (%s)",
                      host.pid, cg.path, cg.scope, cg.conflict)
-        index = self.index
         if cg.kind != OwnerKind.POD:
-            name = self._container_name(cg.kind, cg.container_id, cg.user_uid) or cg.name
-            owner = Owner(kind=cg.kind, name=name, container_id=cg.container_id)
             if index is None:
                 return owner, None
             return owner, True if device.label in index.allocated else None
-        meta = self.metadata.lookup(cg.container_id, cg.runtime, cg.pod_uid)
-        if meta is None:
+        if why == _NOT_FOUND:
             log.info("pid %d: pod %s container %s not found in any runtime's metadata", host.pid, cg.pod_uid,
                      cg.container_id[:12] or "-")
-            return Owner(kind=OwnerKind.POD, name=cg.pod_uid, pod_uid=cg.pod_uid, container_id=cg.container_id), None
+            return owner, None
+        if why:
+            self.conflicts[why] += 1
+            meta = self.metadata.lookup(cg.container_id, cg.runtime, cg.pod_uid)
+            assert meta is not None  # a disagreement is found only with the runtime's record at hand
+            log.warning("pid %d: cgroup %s names pod %s, but the evidence disagrees (%s): reported as unverified, not "
+                        "as %s/%s", host.pid, cg.path, cg.pod_uid, why, meta.namespace, meta.pod)
+            return owner, None if index is None else (True if device.label in index.allocated else None)
+        return owner, None if index is None else unallocated(index, owner, device.label)
+
+    def _resolve(self, cgroup: str) -> tuple[CgroupOwner, Owner, str]:
+        """What a cgroup file's text says of its processes' owner, once per text and run (a pod's processes share
+        one cgroup): the cgroup's owner, the owner to report, and why a pod is not reported as the one the files
+        name (_NOT_FOUND, a conflict reason, or "" when it is). Every source is read within this run, so nothing
+        outlives a runtime's files or kubelet's answer changing."""
+        cg = parse_cgroup(cgroup, self._roots)
+        if cg.kind != OwnerKind.POD:
+            name = self._container_name(cg.kind, cg.container_id, cg.user_uid) or cg.name
+            return cg, Owner(kind=cg.kind, name=name, container_id=cg.container_id), ""
+        meta = self.metadata.lookup(cg.container_id, cg.runtime, cg.pod_uid)
+        if meta is None:
+            return cg, Owner(kind=OwnerKind.POD, name=cg.pod_uid, pod_uid=cg.pod_uid,
+                             container_id=cg.container_id), _NOT_FOUND
         disagreement = self._disagreement(cg, meta)
         if disagreement:
-            self.conflicts[disagreement] += 1
-            log.warning("pid %d: cgroup %s names pod %s, but the evidence disagrees (%s): reported as unverified, not "
-                        "as %s/%s", host.pid, cg.path, cg.pod_uid, disagreement, meta.namespace, meta.pod)
-            owner = Owner(kind=OwnerKind.UNVERIFIED, name=cg.pod_uid, pod_uid=cg.pod_uid,
-                          container_id=cg.container_id)
-            return owner, None if index is None else (True if device.label in index.allocated else None)
-        owner = Owner(
+            return cg, Owner(kind=OwnerKind.UNVERIFIED, name=cg.pod_uid, pod_uid=cg.pod_uid,
+                             container_id=cg.container_id), disagreement
+        return cg, Owner(
             kind=OwnerKind.POD,
             name=f"{meta.namespace}/{meta.pod}",
             pod=meta.pod,
@@ -128,8 +150,7 @@ class Attributor:
             container="" if cg.name == "crio-conmon" else meta.container,  # conmon supervises, it is not the workload
             pod_uid=cg.pod_uid or meta.pod_uid,
             container_id=cg.container_id,
-        )
-        return owner, None if index is None else unallocated(index, owner, device.label)
+        ), ""
 
     def _disagreement(self, cg: CgroupOwner, meta: ContainerMeta) -> str:
         """Why the pod meta names is not the cgroup's (an ATTRIBUTION_CONFLICT_REASONS value); "" when it is.

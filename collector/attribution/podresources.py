@@ -6,7 +6,8 @@ cgroup and runtime attribution, and a self metric says the API was unavailable. 
 socket is there to call: it is the heaviest import of the collector.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import logging
 import os
@@ -21,9 +22,9 @@ MAX_RECEIVE_BYTES = 16 << 20  # kubelet's own e2e client's limit; gRPC's default
 LIST_METHOD = "/v1.PodResourcesLister/List"
 GPU_RESOURCES = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
-_GKE = re.compile(r"^nvidia(?P<index>[0-9]+)(?:/gi(?P<gi>[0-9]+))?(?:/vgpu[0-9]+)?$")
-_OLD_MIG = re.compile(r"^MIG-(?P<parent>GPU-[0-9a-fA-F-]+)/(?P<gi>[0-9]+)/(?P<ci>[0-9]+)$")
-_SHARED_SUFFIX = re.compile(r"/vgpu[0-9]+$")
+_GKE = r"^nvidia(?P<index>[0-9]+)(?:/gi(?P<gi>[0-9]+))?(?:/vgpu[0-9]+)?$"
+_OLD_MIG = r"^MIG-(?P<parent>GPU-[0-9a-fA-F-]+)/(?P<gi>[0-9]+)/(?P<ci>[0-9]+)$"
+_SHARED_SUFFIX = r"/vgpu[0-9]+$"
 GPU_DRA_DRIVERS = ("gpu.nvidia.com",)  # NVIDIA's DRA driver (k8s-dra-driver-gpu cmd/gpu-kubelet-plugin)
 
 
@@ -52,19 +53,19 @@ class DeviceRef(NamedTuple):
     def device(self) -> str:
         """The underlying device: the id without its sharing suffix (`::<n>`, GKE's `/vgpu<n>`). Replicas of
         one GPU are one device."""
-        return _SHARED_SUFFIX.sub("", self.raw.partition("::")[0])
+        return re.sub(_SHARED_SUFFIX, "", self.raw.partition("::")[0])
 
 
 def parse_device_id(raw: str) -> Optional[DeviceRef]:
     base, _, replica_text = raw.partition("::")
     replica = int(replica_text) if replica_text.isdigit() else None
-    old = _OLD_MIG.match(base)
+    old = re.match(_OLD_MIG, base)
     if old:  # R450/R460 MIG ids: MIG-GPU-<uuid>/<gi>/<ci>
         return DeviceRef(raw=raw, uuid=old["parent"], gpu_instance=int(old["gi"]), compute_instance=int(old["ci"]),
                          replica=replica)
     if base.startswith(("GPU-", "MIG-")):
         return DeviceRef(raw=raw, uuid=base, replica=replica)
-    gke = _GKE.match(base)
+    gke = re.match(_GKE, base)
     if gke:
         return DeviceRef(raw=raw, index=int(gke["index"]), gpu_instance=int(gke["gi"]) if gke["gi"] else None,
                          replica=replica)

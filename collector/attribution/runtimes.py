@@ -15,7 +15,8 @@ See docs/runtimes-and-cgroups.md.
 A missing, unreadable or corrupt file is a counted miss for that process, never a failed run.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a NamedTuple's string annotations cost a compile() each at
+# import (docs/performance.md).
 
 import logging
 import os
@@ -54,8 +55,8 @@ PODMAN_CONTAINER_LISTS = ("containers.json", "volatile-containers.json")
 MAX_CONTAINER_LIST_BYTES = 8 << 20  # about 900 bytes per container: some 9,000 containers in one store
 MAX_CONFIG_BYTES = 1 << 20  # storage.conf: a few KiB
 MAX_PASSWD_BYTES = 8 << 20  # etc/passwd: about 80 bytes per user
-_STORAGE_ROOT = re.compile(r'^\s*(graphroot|runroot)\s*=\s*"([^"]+)"', re.MULTILINE)
-_CONTAINER_ID = re.compile(r"[0-9a-f]{1,64}")
+_STORAGE_ROOT = r'(?m)^\s*(graphroot|runroot)\s*=\s*"([^"]+)"'
+_CONTAINER_ID = r"[0-9a-f]{1,64}"
 
 # (pod name, namespace, pod UID, container name) annotation keys
 CONTAINERD_KEYS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.sandbox-namespace",
@@ -152,7 +153,7 @@ class RuntimeMetadata:
         return self._cache[key]
 
     def _lookup(self, container_id: str, runtime: str, pod_uid: str) -> Optional[ContainerMeta]:
-        if _CONTAINER_ID.fullmatch(container_id):
+        if re.fullmatch(_CONTAINER_ID, container_id):
             for source, path, keys in self._candidates(container_id, runtime):
                 try:
                     document = _read_json(path, self.host_root)
@@ -310,7 +311,7 @@ class RuntimeMetadata:
             try:
                 text = safeio.read(self._path(PODMAN_STORAGE_CONF), MAX_CONFIG_BYTES, root=self.host_root)
                 configured = [self._path(value.lstrip("/"))
-                              for _, value in _STORAGE_ROOT.findall(text.decode("utf-8", "replace"))]
+                              for _, value in re.findall(_STORAGE_ROOT, text.decode("utf-8", "replace"))]
             except (OSError, safeio.Refused):
                 configured = []
             return configured + [r for r in roots if r not in configured]
