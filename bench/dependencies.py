@@ -38,15 +38,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client import generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from prometheus_client.registry import Collector  # noqa: E402
 
 from bench.run import FAKE_NVML, build_host  # noqa: E402
 from collector import procfs, strictyaml, systemd  # noqa: E402
 from collector.exposition import COUNTER, GAUGE, Family, render  # noqa: E402
 from tests.support.cdisim import DRA_KIND, go_yaml, gpu_device, spec  # noqa: E402
+from tests.support.promref import registry_of  # noqa: E402
 from tests.test_procfs import psutil_describe  # noqa: E402
 
 IMPORTS = [
@@ -136,19 +135,7 @@ def exposition(repeat: int) -> None:
             family.add([sample.labels.get(name, "") for name in names], sample.value)
         families.append(family)
 
-    class Fixed(Collector):
-        def collect(self) -> list[Metric]:
-            metrics: list[Metric] = []
-            for f in families:
-                cls = CounterMetricFamily if f.type == COUNTER else GaugeMetricFamily
-                metric = cls(f.name, f.help, labels=list(f.labels))
-                for values, value in f.samples:
-                    metric.add_metric(list(values), value)
-                metrics.append(metric)
-            return metrics
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Fixed())
+    registry = registry_of(families)
     ours, theirs = render(families), generate_latest(registry)
     samples = sum(len(f.samples) for f in families)
     print(f"exposition: {len(families)} families, {samples} samples, {len(ours) / 1024:.0f} KiB; "

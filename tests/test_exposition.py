@@ -7,13 +7,12 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from collector.exposition import COUNTER, GAUGE, Family, format_value, render
 from tests.conftest import samples
+from tests.support.promref import registry_of
 
 _name = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,20}", fullmatch=True)
 _label_name = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True).filter(lambda n: not n.startswith("__"))
@@ -37,20 +36,7 @@ def _families(draw: st.DrawFn) -> list[Family]:
 
 
 def _reference(families: list[Family]) -> bytes:
-    class Fixed(Collector):
-        def collect(self) -> list[Metric]:
-            metrics: list[Metric] = []
-            for f in families:
-                cls = CounterMetricFamily if f.type == COUNTER else GaugeMetricFamily
-                metric = cls(f.name, f.help, labels=list(f.labels))
-                for values, value in f.samples:
-                    metric.add_metric(list(values), value)
-                metrics.append(metric)
-            return metrics
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Fixed())
-    return generate_latest(registry)
+    return generate_latest(registry_of(families))
 
 
 @settings(max_examples=400, deadline=None)
